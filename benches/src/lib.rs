@@ -1,0 +1,1 @@
+//! Benchmark suites live in `benches/`; this library holds their shared helpers.

@@ -1,0 +1,37 @@
+//! The event model of AllSource: plain data, validation and errors, no I/O.
+//!
+//! Untrusted input arrives as a [`NewEvent`] (strings and JSON as the client sent
+//! them). [`ProposedEvent::try_from`] checks every rule of the contract once; code
+//! behind that edge takes the typed values and never checks again. The store turns
+//! a proposal into an [`Event`] by giving it a position, a version and a timestamp.
+//!
+//! ```
+//! use allsource_core_types::{Event, ProposedEvent};
+//! use serde_json::json;
+//!
+//! let new_event = Event::new("user.created".into(), "user-123".into(), json!({"name": "Alice"}));
+//! let proposal = ProposedEvent::try_from(new_event).unwrap();
+//! assert_eq!(proposal.entity_id.as_str(), "user-123");
+//!
+//! let bad = Event::new("".into(), "user-123".into(), json!({}));
+//! assert_eq!(ProposedEvent::try_from(bad).unwrap_err().code(), "ValidationError");
+//! ```
+
+mod error;
+mod event;
+mod ids;
+pub mod limits;
+mod query;
+mod time;
+
+pub use error::{Error, Result};
+pub use event::{Event, NewEvent, ProposedEvent};
+pub use ids::{EntityId, EventType};
+pub use query::{Query, QueryEventsRequest};
+pub use time::Timestamp;
+
+/// An event's number in the whole log: 1 for the first event ever, gapless.
+pub type Position = u64;
+
+/// An event's number within its entity: 1 for the entity's first event, gapless.
+pub type Version = u64;
