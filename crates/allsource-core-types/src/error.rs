@@ -99,7 +99,9 @@ impl Error {
             Error::ConcurrencyConflict { expected_version, current_version, message } => {
                 Error::ConcurrencyConflict { expected_version, current_version, message: prefix(message) }
             }
-            Error::DuplicateEventId { id, message } => Error::DuplicateEventId { id, message: prefix(message) },
+            Error::DuplicateEventId { id, message } => {
+                Error::DuplicateEventId { id, message: prefix(message) }
+            }
             other => other,
         }
     }

@@ -118,7 +118,8 @@ impl TryFrom<NewEvent> for ProposedEvent {
         let id = match new.id {
             None => None,
             Some(text) => Some(
-                Uuid::try_parse(&text).map_err(|e| Error::Validation(format!("id {text:?} is not a UUID: {e}")))?,
+                Uuid::try_parse(&text)
+                    .map_err(|e| Error::Validation(format!("id {text:?} is not a UUID: {e}")))?,
             ),
         };
         let payload_bytes = compact_len(&new.payload);
@@ -138,7 +139,14 @@ impl TryFrom<NewEvent> for ProposedEvent {
                 "metadata is {metadata_bytes} bytes as compact JSON, over the limit of {METADATA_BYTES_MAX}"
             )));
         }
-        Ok(ProposedEvent { id, event_type, entity_id, payload: new.payload, metadata, expected_version: new.expected_version })
+        Ok(ProposedEvent {
+            id,
+            event_type,
+            entity_id,
+            payload: new.payload,
+            metadata,
+            expected_version: new.expected_version,
+        })
     }
 }
 
@@ -186,8 +194,14 @@ mod tests {
         check(ok.clone().with_metadata(json!(null)), None);
         check(Event::new("t".into(), "u".into(), json!(null)), None);
         check(Event::new("t".into(), "u".into(), json!("x".repeat(PAYLOAD_BYTES_MAX - 2))), None);
-        check(Event::new("t".into(), "u".into(), json!("x".repeat(PAYLOAD_BYTES_MAX - 1))), Some("PayloadTooLarge"));
-        check(ok.clone().with_metadata(json!({"k": "x".repeat(METADATA_BYTES_MAX)})), Some("PayloadTooLarge"));
+        check(
+            Event::new("t".into(), "u".into(), json!("x".repeat(PAYLOAD_BYTES_MAX - 1))),
+            Some("PayloadTooLarge"),
+        );
+        check(
+            ok.clone().with_metadata(json!({"k": "x".repeat(METADATA_BYTES_MAX)})),
+            Some("PayloadTooLarge"),
+        );
     }
 
     #[test]
@@ -217,7 +231,10 @@ mod tests {
             position: 42,
         };
         let text = serde_json::to_string(&event).unwrap();
-        assert!(text.starts_with(r#"{"id":"00000000-0000-0000-0000-000000000000","event_type":"t""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"id":"00000000-0000-0000-0000-000000000000","event_type":"t""#),
+            "{text}"
+        );
         assert!(text.contains(r#""timestamp":"2023-11-14T22:13:20.123456Z""#), "{text}");
         let back: Event = serde_json::from_str(&text).unwrap();
         assert_eq!(back, event);

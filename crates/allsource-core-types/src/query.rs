@@ -82,7 +82,10 @@ mod tests {
         assert_eq!(ok(QueryEventsRequest { limit: Some(10_000), ..Default::default() }).limit, 10_000);
         assert_eq!(err(QueryEventsRequest { limit: Some(0), ..Default::default() }), "ValidationError");
         assert_eq!(err(QueryEventsRequest { limit: Some(10_001), ..Default::default() }), "ValidationError");
-        assert_eq!(err(QueryEventsRequest { entity_id: Some(String::new()), ..Default::default() }), "ValidationError");
+        assert_eq!(
+            err(QueryEventsRequest { entity_id: Some(String::new()), ..Default::default() }),
+            "ValidationError"
+        );
         let (t1, t2) = (Timestamp::from_micros(1), Timestamp::from_micros(2));
         let q = ok(QueryEventsRequest { until: Some(t2), as_of: Some(t1), ..Default::default() });
         assert_eq!(q.until, Some(t1));

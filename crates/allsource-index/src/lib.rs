@@ -1,0 +1,283 @@
+//! Indexes over log positions: which positions belong to an entity, which to an event
+//! type, and where an event id lives. No I/O.
+//!
+//! Indexes hold positions, never copies of events. A key's positions are appended in
+//! increasing order, so every list is sorted by construction and every bound (the
+//! `after` cursor, and time bounds once they are turned into positions) is a binary
+//! search. Because timestamps never decrease along the log, a time bound is itself a
+//! position bound: [`first_position_where`] finds it by binary search over positions.
+//!
+//! Maps are [`dashmap::DashMap`]s: readers of different keys never wait on each
+//! other, and no reader takes a global lock.
+//!
+//! ```
+//! use allsource_index::{PositionIndex, PositionRange};
+//!
+//! let index: PositionIndex<String> = PositionIndex::default();
+//! for position in [1, 4, 9, 12] {
+//!     index.push("user-1".to_string(), position);
+//! }
+//! let page = index.select("user-1", PositionRange::new(2, 12), 2);
+//! assert_eq!(page, vec![4, 9]);
+//! assert_eq!(index.count("user-1", PositionRange::ALL), 4);
+//! ```
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+
+use allsource_core_types::Position;
+use dashmap::DashMap;
+use uuid::Uuid;
+
+/// An inclusive range of log positions, `first..=last`; empty when `first > last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionRange {
+    /// The first position in the range.
+    pub first: Position,
+    /// The last position in the range.
+    pub last: Position,
+}
+
+impl PositionRange {
+    /// Every position.
+    pub const ALL: PositionRange = PositionRange { first: 1, last: Position::MAX };
+
+    /// The positions `first..=last`.
+    pub const fn new(first: Position, last: Position) -> PositionRange {
+        PositionRange { first, last }
+    }
+
+    /// Whether no position is in the range.
+    pub const fn is_empty(&self) -> bool {
+        self.first > self.last
+    }
+
+    /// Whether `position` is in the range.
+    pub const fn contains(&self, position: Position) -> bool {
+        self.first <= position && position <= self.last
+    }
+
+    /// The indexes into a sorted slice of positions that fall in this range.
+    fn slice_bounds(&self, positions: &[Position]) -> (usize, usize) {
+        if self.is_empty() {
+            return (0, 0);
+        }
+        let start = positions.partition_point(|&p| p < self.first);
+        let end = positions.partition_point(|&p| p <= self.last);
+        (start, end.max(start))
+    }
+}
+
+/// Per-key sorted lists of positions: the entity index and the event-type index.
+#[derive(Debug)]
+pub struct PositionIndex<K: Eq + Hash> {
+    lists: DashMap<K, Vec<Position>>,
+}
+
+impl<K: Eq + Hash> Default for PositionIndex<K> {
+    fn default() -> Self {
+        PositionIndex { lists: DashMap::new() }
+    }
+}
+
+impl<K: Eq + Hash> PositionIndex<K> {
+    /// Records that `position` belongs to `key`. Positions of one key must be pushed in
+    /// increasing order (the log's order); a smaller one is a bug in the caller.
+    pub fn push(&self, key: K, position: Position) {
+        let mut list = self.lists.entry(key).or_default();
+        debug_assert!(list.last().is_none_or(|&last| last < position), "positions pushed out of order");
+        list.push(position);
+    }
+
+    /// The positions of `key` within `range`, in increasing order, at most `limit`.
+    pub fn select<Q>(&self, key: &Q, range: PositionRange, limit: usize) -> Vec<Position>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(list) = self.lists.get(key) else { return Vec::new() };
+        let (start, end) = range.slice_bounds(&list);
+        list[start..end.min(start.saturating_add(limit))].to_vec()
+    }
+
+    /// How many positions of `key` fall within `range`: two binary searches.
+    pub fn count<Q>(&self, key: &Q, range: PositionRange) -> usize
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(list) = self.lists.get(key) else { return 0 };
+        let (start, end) = range.slice_bounds(&list);
+        end - start
+    }
+
+    /// The last position of `key` within `range`, if any.
+    pub fn last_in<Q>(&self, key: &Q, range: PositionRange) -> Option<Position>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let list = self.lists.get(key)?;
+        let (start, end) = range.slice_bounds(&list);
+        (end > start).then(|| list[end - 1])
+    }
+
+    /// Whether `key` has any position.
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.lists.contains_key(key)
+    }
+
+    /// How many keys have at least one position.
+    pub fn len(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// Whether no key has a position.
+    pub fn is_empty(&self) -> bool {
+        self.lists.is_empty()
+    }
+
+    /// Forgets everything.
+    pub fn clear(&self) {
+        self.lists.clear();
+    }
+}
+
+/// Event id to log position.
+#[derive(Debug, Default)]
+pub struct IdIndex {
+    positions: DashMap<Uuid, Position>,
+}
+
+impl IdIndex {
+    /// Records that the event `id` is at `position`; returns the position already
+    /// recorded for `id`, if any, leaving it in place.
+    pub fn insert(&self, id: Uuid, position: Position) -> Option<Position> {
+        match self.positions.entry(id) {
+            dashmap::Entry::Occupied(existing) => Some(*existing.get()),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(position);
+                None
+            }
+        }
+    }
+
+    /// The position of the event `id`.
+    pub fn get(&self, id: &Uuid) -> Option<Position> {
+        self.positions.get(id).map(|p| *p)
+    }
+
+    /// How many ids are recorded.
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// Whether no id is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+}
+
+/// The first position in `range` for which `predicate` holds, or `range.last + 1` when
+/// none does, where `predicate` is false up to some position and true from there on
+/// (as "timestamp >= T" is along the log). A binary search: `O(log n)` calls.
+pub fn first_position_where(range: PositionRange, predicate: impl Fn(Position) -> bool) -> Position {
+    if range.is_empty() {
+        return range.first;
+    }
+    let (mut low, mut high) = (range.first, range.last.saturating_add(1));
+    while low < high {
+        let middle = low + (high - low) / 2;
+        if predicate(middle) {
+            high = middle;
+        } else {
+            low = middle + 1;
+        }
+    }
+    low
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_of(positions: &[Position]) -> PositionIndex<String> {
+        let index = PositionIndex::default();
+        for &p in positions {
+            index.push("k".to_string(), p);
+        }
+        index
+    }
+
+    #[test]
+    fn select_respects_range_and_limit() {
+        let index = index_of(&[2, 3, 5, 8, 13, 21]);
+        let check = |first, last, limit, expected: &[Position]| {
+            assert_eq!(
+                index.select("k", PositionRange::new(first, last), limit),
+                expected,
+                "{first}..={last}"
+            );
+            let all = index.select("k", PositionRange::new(first, last), usize::MAX);
+            assert_eq!(index.count("k", PositionRange::new(first, last)), all.len());
+        };
+        check(1, 100, 100, &[2, 3, 5, 8, 13, 21]);
+        check(4, 13, 100, &[5, 8, 13]);
+        check(5, 5, 100, &[5]);
+        check(6, 7, 100, &[]);
+        check(9, 4, 100, &[]);
+        check(1, 100, 2, &[2, 3]);
+        check(14, Position::MAX, 1, &[21]);
+        assert!(index.select("missing", PositionRange::ALL, 10).is_empty());
+        assert_eq!(index.last_in("k", PositionRange::new(1, 12)), Some(8));
+        assert_eq!(index.last_in("k", PositionRange::new(1, 1)), None);
+    }
+
+    #[test]
+    fn id_index_keeps_first_position() {
+        let ids = IdIndex::default();
+        let id = Uuid::from_u128(7);
+        assert_eq!(ids.insert(id, 3), None);
+        assert_eq!(ids.insert(id, 9), Some(3));
+        assert_eq!(ids.get(&id), Some(3));
+        assert_eq!(ids.get(&Uuid::nil()), None);
+    }
+
+    #[test]
+    fn binary_search_over_positions() {
+        // Timestamps along positions 1..=10, non-decreasing with repeats.
+        let timestamps = [10, 10, 20, 20, 20, 30, 40, 40, 50, 60];
+        let ts = |p: Position| timestamps[(p - 1) as usize];
+        let range = PositionRange::new(1, 10);
+        for bound in [0, 10, 15, 20, 25, 60, 61] {
+            let found = first_position_where(range, |p| ts(p) >= bound);
+            let expected = (1..=10).find(|&p| ts(p) >= bound).unwrap_or(11);
+            assert_eq!(found, expected, "bound {bound}");
+        }
+        assert_eq!(first_position_where(PositionRange::new(5, 4), |_| true), 5);
+    }
+
+    #[test]
+    fn concurrent_pushes_keep_lists_sorted() {
+        let index: PositionIndex<u32> = PositionIndex::default();
+        std::thread::scope(|scope| {
+            for key in 0..4u32 {
+                let index = &index;
+                scope.spawn(move || {
+                    for i in 0..10_000u64 {
+                        index.push(key, i * 4 + u64::from(key) + 1);
+                    }
+                });
+            }
+        });
+        for key in 0..4u32 {
+            let list = index.select(&key, PositionRange::ALL, usize::MAX);
+            assert_eq!(list.len(), 10_000);
+            assert!(list.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! Projections: views of the log kept current as events are committed. No I/O.
+//!
+//! A [`Projection`] sees every committed event exactly once, in position order (the
+//! engine guarantees this by calling [`ProjectionRegistry::process`] from its single
+//! apply step). Two are built in: [`EntitySnapshots`], each entity's state as the JSON
+//! Merge Patches (RFC 7386) of its events applied in order, and [`EventCounters`], the
+//! number of events of each type.
+//!
+//! ```
+//! use allsource_core_types::{EntityId, Event, EventType, Timestamp};
+//! use allsource_projection::{EntitySnapshots, Projection};
+//! use serde_json::json;
+//!
+//! let snapshots = EntitySnapshots::default();
+//! let event = |version, payload| Event {
+//!     id: uuid::Uuid::now_v7(),
+//!     event_type: EventType::try_from("user.updated").unwrap(),
+//!     entity_id: EntityId::try_from("user-1").unwrap(),
+//!     payload,
+//!     metadata: json!({}),
+//!     timestamp: Timestamp::from_micros(version as i64),
+//!     version,
+//!     position: version,
+//! };
+//! snapshots.process(&event(1, json!({"name": "Alice", "tags": ["a"]}))).unwrap();
+//! snapshots.process(&event(2, json!({"tags": null, "email": "a@example.com"}))).unwrap();
+//! let snapshot = snapshots.snapshot("user-1").unwrap();
+//! assert_eq!(snapshot.state, json!({"name": "Alice", "email": "a@example.com"}));
+//! assert_eq!(snapshot.version, 2);
+//! ```
+
+use std::sync::Arc;
+
+use allsource_core_types::{EntityId, Event, EventType, Result, Timestamp, Version};
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use serde_json::{json, Value};
+
+/// A view of the log kept current as events are committed.
+///
+/// Object-safe and shared between threads: the engine holds projections as
+/// `Arc<dyn Projection>` and calls [`Projection::process`] once per committed event,
+/// in position order, while readers call [`Projection::get_state`] concurrently.
+pub trait Projection: Send + Sync {
+    /// The projection's name, unique within a store; used in the API's paths.
+    fn name(&self) -> &str;
+
+    /// Takes one committed event into account. An error is logged by the engine and
+    /// does not undo the event, which is already committed.
+    fn process(&self, event: &Event) -> Result<()>;
+
+    /// The projection's state for `key`, or `None` when it has none.
+    fn get_state(&self, key: &str) -> Option<Value>;
+
+    /// Forgets everything, as before the first event.
+    fn clear(&self);
+}
+
+/// Applies `patch` to `state` as a JSON Merge Patch (RFC 7386): object keys merge
+/// recursively, `null` removes a key, and a non-object patch replaces the state.
+pub fn apply_merge_patch(state: &mut Value, patch: &Value) {
+    json_patch::merge(state, patch);
+}
+
+/// An entity's state at some version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The merged state.
+    pub state: Value,
+    /// The version of the last event applied.
+    pub version: Version,
+    /// The timestamp of the last event applied.
+    pub last_event_at: Timestamp,
+}
+
+impl Snapshot {
+    /// Rebuilds a state by replaying `events` (one entity's, in version order).
+    /// `None` when there are no events.
+    pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Snapshot> {
+        let mut snapshot: Option<Snapshot> = None;
+        for event in events {
+            let current = snapshot.get_or_insert_with(|| Snapshot {
+                state: Value::Null,
+                version: 0,
+                last_event_at: event.timestamp,
+            });
+            current.apply(event);
+        }
+        snapshot
+    }
+
+    fn apply(&mut self, event: &Event) {
+        apply_merge_patch(&mut self.state, &event.payload);
+        self.version = event.version;
+        self.last_event_at = event.timestamp;
+    }
+}
+
+/// Each entity's current state, as its events' payloads merged in order.
+#[derive(Debug, Default)]
+pub struct EntitySnapshots {
+    snapshots: DashMap<EntityId, Snapshot>,
+}
+
+impl EntitySnapshots {
+    /// The projection's name in the registry.
+    pub const NAME: &'static str = "entity_snapshots";
+
+    /// The current snapshot of `entity_id`.
+    pub fn snapshot(&self, entity_id: &str) -> Option<Snapshot> {
+        self.snapshots.get(entity_id).map(|s| s.clone())
+    }
+}
+
+impl Projection for EntitySnapshots {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn process(&self, event: &Event) -> Result<()> {
+        let mut snapshot = self.snapshots.entry(event.entity_id.clone()).or_insert_with(|| Snapshot {
+            state: Value::Null,
+            version: 0,
+            last_event_at: event.timestamp,
+        });
+        snapshot.apply(event);
+        Ok(())
+    }
+
+    fn get_state(&self, key: &str) -> Option<Value> {
+        let snapshot = self.snapshots.get(key)?;
+        Some(json!({
+            "entity_id": key,
+            "state": snapshot.state,
+            "version": snapshot.version,
+            "last_event_at": snapshot.last_event_at,
+        }))
+    }
+
+    fn clear(&self) {
+        self.snapshots.clear();
+    }
+}
+
+/// The number of events of each type.
+#[derive(Debug, Default)]
+pub struct EventCounters {
+    counts: DashMap<EventType, u64>,
+}
+
+impl EventCounters {
+    /// The projection's name in the registry.
+    pub const NAME: &'static str = "event_counters";
+
+    /// How many events of `event_type` there are.
+    pub fn count(&self, event_type: &str) -> u64 {
+        self.counts.get(event_type).map_or(0, |c| *c)
+    }
+}
+
+impl Projection for EventCounters {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn process(&self, event: &Event) -> Result<()> {
+        *self.counts.entry(event.event_type.clone()).or_insert(0) += 1;
+        Ok(())
+    }
+
+    fn get_state(&self, key: &str) -> Option<Value> {
+        self.counts.get(key).map(|count| json!({ "count": *count }))
+    }
+
+    fn clear(&self) {
+        self.counts.clear();
+    }
+}
+
+/// The projections of a store: the built-in ones and any registered after.
+pub struct ProjectionRegistry {
+    snapshots: Arc<EntitySnapshots>,
+    counters: Arc<EventCounters>,
+    all: RwLock<Vec<Arc<dyn Projection>>>,
+}
+
+impl Default for ProjectionRegistry {
+    fn default() -> Self {
+        let snapshots = Arc::new(EntitySnapshots::default());
+        let counters = Arc::new(EventCounters::default());
+        let all: Vec<Arc<dyn Projection>> = vec![snapshots.clone(), counters.clone()];
+        ProjectionRegistry { snapshots, counters, all: RwLock::new(all) }
+    }
+}
+
+impl std::fmt::Debug for ProjectionRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProjectionRegistry").field("names", &self.names()).finish()
+    }
+}
+
+impl ProjectionRegistry {
+    /// The built-in entity snapshots.
+    pub fn snapshots(&self) -> &EntitySnapshots {
+        &self.snapshots
+    }
+
+    /// The built-in event counters.
+    pub fn counters(&self) -> &EventCounters {
+        &self.counters
+    }
+
+    /// Adds a projection. The caller must already have fed it every event committed so
+    /// far (the engine replays the log into it), so that it sees each event once.
+    /// Returns it back as an error when its name is taken.
+    #[allow(clippy::result_large_err)]
+    pub fn register(&self, projection: Arc<dyn Projection>) -> std::result::Result<(), Arc<dyn Projection>> {
+        let mut all = self.all.write();
+        if all.iter().any(|p| p.name() == projection.name()) {
+            return Err(projection);
+        }
+        all.push(projection);
+        Ok(())
+    }
+
+    /// Whether a projection of this name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.all.read().iter().any(|p| p.name() == name)
+    }
+
+    /// The projection named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Projection>> {
+        self.all.read().iter().find(|p| p.name() == name).cloned()
+    }
+
+    /// The names of every registered projection, in registration order.
+    pub fn names(&self) -> Vec<String> {
+        self.all.read().iter().map(|p| p.name().to_string()).collect()
+    }
+
+    /// Feeds one committed event to every projection, in registration order; returns
+    /// the failures, by projection name, for the caller to report.
+    pub fn process(&self, event: &Event) -> Vec<(String, allsource_core_types::Error)> {
+        let mut failures = Vec::new();
+        for projection in self.all.read().iter() {
+            if let Err(error) = projection.process(event) {
+                failures.push((projection.name().to_string(), error));
+            }
+        }
+        failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use allsource_core_types::Position;
+    use proptest::prelude::*;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn event(entity: &str, version: Version, position: Position, payload: Value) -> Event {
+        Event {
+            id: Uuid::from_u128(u128::from(position)),
+            event_type: EventType::try_from("t").unwrap(),
+            entity_id: EntityId::try_from(entity).unwrap(),
+            payload,
+            metadata: json!({}),
+            timestamp: Timestamp::from_micros(position as i64),
+            version,
+            position,
+        }
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        // The examples of RFC 7386, appendix A.
+        let cases = [
+            (json!({"a":"b"}), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"a":"b"}), json!({"b":"c"}), json!({"a":"b","b":"c"})),
+            (json!({"a":"b"}), json!({"a":null}), json!({})),
+            (json!({"a":"b","b":"c"}), json!({"a":null}), json!({"b":"c"})),
+            (json!({"a":["b"]}), json!({"a":"c"}), json!({"a":"c"})),
+            (json!({"a":"c"}), json!({"a":["b"]}), json!({"a":["b"]})),
+            (json!({"a":{"b":"c"}}), json!({"a":{"b":"d","c":null}}), json!({"a":{"b":"d"}})),
+            (json!({"a":[{"b":"c"}]}), json!({"a":[1]}), json!({"a":[1]})),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a":"b"}), json!(["c"]), json!(["c"])),
+            (json!({"a":"foo"}), json!(null), json!(null)),
+            (json!({"a":"foo"}), json!("bar"), json!("bar")),
+            (json!({"e":null}), json!({"a":1}), json!({"e":null,"a":1})),
+            (json!([1, 2]), json!({"a":"b","c":null}), json!({"a":"b"})),
+            (json!({}), json!({"a":{"bb":{"ccc":null}}}), json!({"a":{"bb":{}}})),
+        ];
+        for (mut state, patch, expected) in cases {
+            apply_merge_patch(&mut state, &patch);
+            assert_eq!(state, expected, "patch {patch}");
+        }
+    }
+
+    #[test]
+    fn counters_count_per_type() {
+        let counters = EventCounters::default();
+        for position in 1..=3 {
+            counters.process(&event("e", position, position, json!({}))).unwrap();
+        }
+        assert_eq!(counters.get_state("t"), Some(json!({"count": 3})));
+        assert_eq!(counters.get_state("other"), None);
+        counters.clear();
+        assert_eq!(counters.count("t"), 0);
+    }
+
+    #[test]
+    fn registry_rejects_taken_names() {
+        let registry = ProjectionRegistry::default();
+        assert_eq!(registry.names(), vec!["entity_snapshots", "event_counters"]);
+        assert!(registry.register(Arc::new(EventCounters::default())).is_err());
+        assert_eq!(registry.names().len(), 2);
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-c]{0,2}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+                prop::collection::btree_map("[a-d]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// The snapshot kept by the projection equals a full replay, for any sequence of
+        /// payloads spread over a few entities.
+        #[test]
+        fn snapshot_equals_replay(payloads in prop::collection::vec((0u8..3, json_value()), 1..40)) {
+            let snapshots = EntitySnapshots::default();
+            let mut log: Vec<Event> = Vec::new();
+            let mut versions = [0u64; 3];
+            for (position, (entity, payload)) in payloads.into_iter().enumerate() {
+                versions[entity as usize] += 1;
+                let e = event(&format!("e{entity}"), versions[entity as usize], position as u64 + 1, payload);
+                snapshots.process(&e).unwrap();
+                log.push(e);
+            }
+            for entity in 0..3 {
+                let name = format!("e{entity}");
+                let replayed = Snapshot::replay(log.iter().filter(|e| e.entity_id.as_str() == name));
+                prop_assert_eq!(snapshots.snapshot(&name), replayed);
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Storage: where committed events are kept. All of AllSource's file I/O lives here.
+//!
+//! The engine's write path has one commit step, and [`Log`] is its seam: the engine
+//! sequences a batch (positions, versions, timestamps), hands it to the log, and makes
+//! it visible to readers only once [`Log::append`] has returned `Ok`. [`MemoryLog`]
+//! keeps nothing beyond the process (the engine's own tables are the only copy); the
+//! durable logs plug in behind the same trait.
+//!
+//! ```
+//! use allsource_storage::{Log, MemoryLog};
+//! let log = MemoryLog::default();
+//! assert!(log.recover().unwrap().is_empty());
+//! assert_eq!(log.describe().kind, "memory");
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use allsource_core_types::{Error, Event, Position};
+
+/// The commit step of the engine's write path.
+///
+/// The engine calls [`Log::append`] with batches in position order: each batch's
+/// positions are consecutive and follow the previous batch's. A log must either make
+/// the whole batch as durable as it promises and return `Ok`, or return an error, in
+/// which case the engine acknowledges nothing of the batch and stops accepting
+/// writes.
+pub trait Log: Send + Sync {
+    /// Keeps a sequenced batch. Returns once it is as durable as this log promises.
+    fn append(&self, events: &[Arc<Event>]) -> Result<(), Error>;
+
+    /// Every event already kept, in position order, for the engine to rebuild its
+    /// tables at start-up.
+    fn recover(&self) -> Result<Vec<Event>, Error>;
+
+    /// What the log is and how much it holds, for `stats`.
+    fn describe(&self) -> LogInfo;
+}
+
+/// A description of a log, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogInfo {
+    /// `"memory"` or the durable log's kind.
+    pub kind: &'static str,
+    /// Whether an acknowledged event survives the process.
+    pub durable: bool,
+    /// The last position kept (0 when empty).
+    pub last_position: Position,
+}
+
+/// A log that keeps nothing beyond the process: for tests, demos and `--in-memory`.
+/// The engine's in-memory tables are the only copy of the events.
+#[derive(Debug, Default)]
+pub struct MemoryLog {
+    last_position: AtomicU64,
+}
+
+impl Log for MemoryLog {
+    fn append(&self, events: &[Arc<Event>]) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(()) };
+        let previous = self.last_position.load(Ordering::Relaxed);
+        // The engine's contract with every log: batches arrive gapless, in order.
+        if first.position != previous + 1 || last.position != previous + events.len() as Position {
+            return Err(Error::Internal(format!(
+                "log received positions {}..={} after {previous}",
+                first.position, last.position
+            )));
+        }
+        self.last_position.store(last.position, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn recover(&self) -> Result<Vec<Event>, Error> {
+        Ok(Vec::new())
+    }
+
+    fn describe(&self) -> LogInfo {
+        LogInfo { kind: "memory", durable: false, last_position: self.last_position.load(Ordering::Relaxed) }
+    }
+}

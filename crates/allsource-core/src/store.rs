@@ -1,0 +1,517 @@
+//! The engine: sequencing, the commit step, and every read.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use allsource_core_types::limits::BATCH_EVENTS_MAX;
+use allsource_core_types::{
+    EntityId, Error, Event, EventType, NewEvent, Position, ProposedEvent, Query, QueryEventsRequest, Result,
+    Timestamp, Version,
+};
+use allsource_index::{first_position_where, IdIndex, PositionIndex, PositionRange};
+use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
+use allsource_storage::{Log, LogInfo, MemoryLog};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::table::EventTable;
+
+/// The result of appending one event.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The stored event.
+    pub event: Arc<Event>,
+    /// `true` when this call appended it; `false` for an idempotent retry of an event
+    /// already stored (same id, same content), which appends nothing.
+    pub created: bool,
+}
+
+/// The result of appending a batch.
+#[derive(Debug, Clone)]
+pub struct BatchAppended {
+    /// One stored event per item of the batch, in the batch's order.
+    pub events: Vec<Arc<Event>>,
+    /// How many of them this call appended (the others were idempotent retries).
+    pub created: usize,
+}
+
+/// One page of a query's answer.
+#[derive(Debug, Clone, Default)]
+pub struct QueryPage {
+    /// The matching events, in ascending position, at most the query's limit.
+    pub events: Vec<Arc<Event>>,
+    /// The last returned position when more events match, to pass as `after`.
+    pub next_after: Option<Position>,
+}
+
+/// An entity's state, rebuilt by replay or read from the snapshot projection.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EntityState {
+    /// The entity.
+    pub entity_id: String,
+    /// Its events' payloads merged in order (RFC 7386).
+    pub state: Value,
+    /// The version of the last event applied.
+    pub version: Version,
+    /// The timestamp of the last event applied.
+    pub last_event_at: Timestamp,
+    /// The time the state was asked for, if any.
+    pub as_of: Option<Timestamp>,
+}
+
+/// Counts over the whole store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Events in the store, recovered ones included.
+    pub total_events: u64,
+    /// Entities with at least one event.
+    pub total_entities: u64,
+    /// Distinct event types.
+    pub total_event_types: u64,
+    /// Events appended by this process since it started.
+    pub total_ingested: u64,
+    /// Whether the store refuses writes after a storage failure.
+    pub read_only: bool,
+    /// The log behind the store.
+    #[serde(skip)]
+    pub log: LogInfo,
+}
+
+/// What the sequencer owns: everything an append must check or assign.
+struct Sequencer {
+    /// The position the next event gets.
+    next_position: Position,
+    /// The timestamp of the last event sequenced; the next is never earlier.
+    last_timestamp: Timestamp,
+    /// Each entity's current version, including events sequenced but not yet visible.
+    versions: HashMap<EntityId, Version>,
+}
+
+/// What the sequencer decided for one item of a batch.
+enum Decision {
+    /// A new event, to append.
+    New(Arc<Event>),
+    /// An idempotent retry of this stored event.
+    Existing(Arc<Event>),
+}
+
+/// An event store: append, query, replay, project.
+///
+/// Thread-safe: share it behind an `Arc` between any number of writers and readers.
+/// Appends are sequenced under one short critical section; readers take no lock that
+/// an append holds for long, and never see a position above the committed watermark.
+pub struct EventStore {
+    log: Box<dyn Log>,
+    sequencer: Mutex<Sequencer>,
+    /// The last position that is committed and visible to readers.
+    committed: AtomicU64,
+    table: EventTable,
+    entities: PositionIndex<EntityId>,
+    event_types: PositionIndex<EventType>,
+    ids: IdIndex,
+    projections: ProjectionRegistry,
+    ingested: AtomicU64,
+    read_only: AtomicBool,
+}
+
+impl Default for EventStore {
+    fn default() -> Self {
+        EventStore::new()
+    }
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl EventStore {
+    /// An empty store that keeps its events in memory only.
+    pub fn new() -> EventStore {
+        EventStore::empty(Box::new(MemoryLog::default()))
+    }
+
+    /// A store over `log`, with the events the log already holds recovered: their
+    /// positions and versions are checked to be gapless, and the indexes and
+    /// projections rebuilt.
+    pub fn open(log: Box<dyn Log>) -> Result<EventStore> {
+        let recovered = log.recover()?;
+        let store = EventStore::empty(log);
+        {
+            let mut sequencer = store.sequencer.lock();
+            for event in recovered {
+                if event.position != sequencer.next_position {
+                    return Err(Error::Internal(format!(
+                        "recovered position {} where {} was expected",
+                        event.position, sequencer.next_position
+                    )));
+                }
+                let current = sequencer.versions.get(&event.entity_id).copied().unwrap_or(0);
+                if event.version != current + 1 {
+                    return Err(Error::Internal(format!(
+                        "recovered version {} of entity '{}' where {} was expected",
+                        event.version,
+                        event.entity_id,
+                        current + 1
+                    )));
+                }
+                let event = Arc::new(event);
+                sequencer.next_position += 1;
+                sequencer.last_timestamp = sequencer.last_timestamp.max(event.timestamp);
+                sequencer.versions.insert(event.entity_id.clone(), event.version);
+                store.ids.insert(event.id, event.position);
+                store.apply(&event);
+            }
+        }
+        Ok(store)
+    }
+
+    fn empty(log: Box<dyn Log>) -> EventStore {
+        EventStore {
+            log,
+            sequencer: Mutex::new(Sequencer {
+                next_position: 1,
+                last_timestamp: Timestamp::MIN,
+                versions: HashMap::new(),
+            }),
+            committed: AtomicU64::new(0),
+            table: EventTable::default(),
+            entities: PositionIndex::default(),
+            event_types: PositionIndex::default(),
+            ids: IdIndex::default(),
+            projections: ProjectionRegistry::default(),
+            ingested: AtomicU64::new(0),
+            read_only: AtomicBool::new(false),
+        }
+    }
+
+    /// Appends one event and returns it as stored: the seed's name for [`EventStore::append`].
+    pub fn ingest(&self, event: NewEvent) -> Result<Arc<Event>> {
+        self.append(event).map(|appended| appended.event)
+    }
+
+    /// Appends one event. An event whose id is already stored with the same content is
+    /// an idempotent retry: it returns the stored event with `created: false`.
+    pub fn append(&self, event: NewEvent) -> Result<Appended> {
+        let proposal = ProposedEvent::try_from(event)?;
+        let mut decisions = self.sequence(vec![proposal], false)?;
+        match decisions.pop() {
+            Some(Decision::New(event)) => Ok(Appended { event, created: true }),
+            Some(Decision::Existing(event)) => Ok(Appended { event, created: false }),
+            None => Err(Error::Internal("append produced no event".to_string())),
+        }
+    }
+
+    /// Appends 1..=10,000 events atomically: all get consecutive positions, or none is
+    /// appended. An error names the index of the item it is about.
+    pub fn append_batch(&self, events: Vec<NewEvent>) -> Result<BatchAppended> {
+        if events.is_empty() || events.len() > BATCH_EVENTS_MAX {
+            return Err(Error::Validation(format!(
+                "a batch must have 1..={BATCH_EVENTS_MAX} events, got {}",
+                events.len()
+            )));
+        }
+        let proposals = events
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| ProposedEvent::try_from(event).map_err(|e| e.at_batch_item(index)))
+            .collect::<Result<Vec<_>>>()?;
+        let decisions = self.sequence(proposals, true)?;
+        let mut created = 0;
+        let events = decisions
+            .into_iter()
+            .map(|decision| match decision {
+                Decision::New(event) => {
+                    created += 1;
+                    event
+                }
+                Decision::Existing(event) => event,
+            })
+            .collect();
+        Ok(BatchAppended { events, created })
+    }
+
+    /// The sequencer: checks and assigns under one lock, commits, applies.
+    fn sequence(&self, proposals: Vec<ProposedEvent>, is_batch: bool) -> Result<Vec<Decision>> {
+        let item_error =
+            |error: Error, index: usize| if is_batch { error.at_batch_item(index) } else { error };
+        if self.read_only.load(Ordering::Acquire) {
+            return Err(Error::Storage {
+                message: "the store is read-only after a storage failure; restart it to recover".to_string(),
+                read_only: true,
+            });
+        }
+        let mut sequencer = self.sequencer.lock();
+        let timestamp = Timestamp::now().max(sequencer.last_timestamp);
+        // Versions and ids taken by earlier items of this batch.
+        let mut batch_versions: HashMap<EntityId, Version> = HashMap::new();
+        let mut batch_ids: HashSet<Uuid> = HashSet::new();
+        let mut decisions = Vec::with_capacity(proposals.len());
+        let mut new_events: Vec<Arc<Event>> = Vec::with_capacity(proposals.len());
+        for (index, proposal) in proposals.into_iter().enumerate() {
+            let id = match proposal.id {
+                Some(id) => {
+                    if let Some(existing) = self.stored_event_with_id(&id) {
+                        if !existing.same_content(&proposal) {
+                            return Err(item_error(duplicate_id_error(id), index));
+                        }
+                        decisions.push(Decision::Existing(existing));
+                        continue;
+                    }
+                    if !batch_ids.insert(id) {
+                        return Err(item_error(
+                            Error::DuplicateEventId {
+                                id,
+                                message: format!("event id '{id}' appears twice in the batch"),
+                            },
+                            index,
+                        ));
+                    }
+                    id
+                }
+                None => Uuid::now_v7(),
+            };
+            let current = match batch_versions.get(&proposal.entity_id) {
+                Some(&version) => version,
+                None => sequencer.versions.get(&proposal.entity_id).copied().unwrap_or(0),
+            };
+            if let Some(expected) = proposal.expected_version {
+                if expected != current {
+                    return Err(item_error(
+                        Error::ConcurrencyConflict {
+                            expected_version: expected,
+                            current_version: current,
+                            message: format!(
+                                "entity '{}' is at version {current}, not the expected {expected}",
+                                proposal.entity_id
+                            ),
+                        },
+                        index,
+                    ));
+                }
+            }
+            let version = current + 1;
+            batch_versions.insert(proposal.entity_id.clone(), version);
+            let event = Arc::new(Event {
+                id,
+                event_type: proposal.event_type,
+                entity_id: proposal.entity_id,
+                payload: proposal.payload,
+                metadata: proposal.metadata,
+                timestamp,
+                version,
+                position: sequencer.next_position + new_events.len() as Position,
+            });
+            new_events.push(event.clone());
+            decisions.push(Decision::New(event));
+        }
+        if new_events.is_empty() {
+            return Ok(decisions);
+        }
+
+        // The commit step. Nothing of the sequencer's state has changed yet, so a
+        // failure here leaves the store as it was, and read-only.
+        if let Err(error) = self.log.append(&new_events) {
+            self.read_only.store(true, Ordering::Release);
+            tracing::error!(%error, "commit failed; the store is now read-only");
+            return Err(match error {
+                Error::Storage { message, .. } => Error::Storage { message, read_only: true },
+                other => other,
+            });
+        }
+        sequencer.next_position += new_events.len() as Position;
+        sequencer.last_timestamp = timestamp;
+        sequencer.versions.extend(batch_versions);
+        for event in &new_events {
+            self.ids.insert(event.id, event.position);
+            self.apply(event);
+        }
+        self.ingested.fetch_add(new_events.len() as u64, Ordering::Relaxed);
+        Ok(decisions)
+    }
+
+    /// Makes a committed event visible: table, indexes, projections, then the watermark.
+    /// Called in position order, under the sequencer's lock.
+    fn apply(&self, event: &Arc<Event>) {
+        self.table.insert(event.clone());
+        self.entities.push(event.entity_id.clone(), event.position);
+        self.event_types.push(event.event_type.clone(), event.position);
+        for (projection, error) in self.projections.process(event) {
+            tracing::warn!(projection, %error, position = event.position, "projection failed on an event");
+        }
+        self.committed.store(event.position, Ordering::Release);
+    }
+
+    fn stored_event_with_id(&self, id: &Uuid) -> Option<Arc<Event>> {
+        let position = self.ids.get(id)?;
+        if position > self.committed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.table.get(position)
+    }
+
+    /// The last committed position: every position up to it is visible.
+    pub fn committed_position(&self) -> Position {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// The event with this id.
+    pub fn get_event(&self, id: Uuid) -> Result<Arc<Event>> {
+        self.stored_event_with_id(&id).ok_or(Error::EventNotFound(id))
+    }
+
+    /// The events matching `request`, one page of them.
+    pub fn query(&self, request: QueryEventsRequest) -> Result<QueryPage> {
+        let query = Query::try_from(request)?;
+        let range = self.position_range(query.after, query.since, query.until);
+        let limit = query.limit;
+        // One more than the limit, to learn whether another page follows.
+        let wanted = limit + 1;
+        let mut positions: Vec<Position> = match (&query.entity_id, &query.event_type) {
+            (Some(entity), Some(event_type)) => self.select_both(entity, event_type, range, wanted),
+            (Some(entity), None) => self.entities.select(entity.as_str(), range, wanted),
+            (None, Some(event_type)) => self.event_types.select(event_type.as_str(), range, wanted),
+            (None, None) if range.is_empty() => Vec::new(),
+            (None, None) => (range.first..=range.last).take(wanted).collect(),
+        };
+        let more = positions.len() > limit;
+        positions.truncate(limit);
+        let events: Vec<Arc<Event>> = positions.iter().filter_map(|&p| self.table.get(p)).collect();
+        let next_after = if more { events.last().map(|e| e.position) } else { None };
+        Ok(QueryPage { events, next_after })
+    }
+
+    /// Entity and type: walk the shorter list, check the other field on each event.
+    fn select_both(
+        &self,
+        entity: &EntityId,
+        event_type: &EventType,
+        mut range: PositionRange,
+        wanted: usize,
+    ) -> Vec<Position> {
+        const STEP: usize = 1024;
+        let by_entity =
+            self.entities.count(entity.as_str(), range) <= self.event_types.count(event_type.as_str(), range);
+        let mut found = Vec::new();
+        while found.len() < wanted && !range.is_empty() {
+            let candidates = if by_entity {
+                self.entities.select(entity.as_str(), range, STEP)
+            } else {
+                self.event_types.select(event_type.as_str(), range, STEP)
+            };
+            let Some(&last) = candidates.last() else { break };
+            for position in candidates {
+                let Some(event) = self.table.get(position) else { continue };
+                if event.entity_id == *entity && event.event_type == *event_type {
+                    found.push(position);
+                    if found.len() == wanted {
+                        break;
+                    }
+                }
+            }
+            range.first = last + 1;
+        }
+        found
+    }
+
+    /// The committed positions after `after` whose timestamps lie in `since..=until`:
+    /// binary searches, since timestamps never decrease along the log.
+    fn position_range(
+        &self,
+        after: Position,
+        since: Option<Timestamp>,
+        until: Option<Timestamp>,
+    ) -> PositionRange {
+        let mut range = PositionRange::new(after.saturating_add(1), self.committed_position());
+        let timestamp = |p| self.table.timestamp(p).unwrap_or(Timestamp::MAX);
+        if let Some(since) = since {
+            range.first = first_position_where(range, |p| timestamp(p) >= since);
+        }
+        if let Some(until) = until {
+            range.last = first_position_where(range, |p| timestamp(p) > until).saturating_sub(1);
+        }
+        range
+    }
+
+    /// Rebuilds an entity's state by replaying its events (those with
+    /// `timestamp <= as_of`, when given) as JSON Merge Patches in version order.
+    pub fn reconstruct_state(&self, entity_id: &str, as_of: Option<Timestamp>) -> Result<EntityState> {
+        let entity = EntityId::try_from(entity_id)?;
+        let range = self.position_range(0, None, as_of);
+        let positions = self.entities.select(entity.as_str(), range, usize::MAX);
+        let events: Vec<Arc<Event>> = positions.iter().filter_map(|&p| self.table.get(p)).collect();
+        let snapshot = Snapshot::replay(events.iter().map(|e| &**e))
+            .ok_or_else(|| Error::EntityNotFound(entity_id.to_string()))?;
+        Ok(entity_state(entity_id, snapshot, as_of))
+    }
+
+    /// An entity's current state from the snapshot projection, kept current on every
+    /// append: no replay. Always equal to `reconstruct_state(entity_id, None)`.
+    pub fn snapshot(&self, entity_id: &str) -> Result<EntityState> {
+        let entity = EntityId::try_from(entity_id)?;
+        let snapshot = self
+            .projections
+            .snapshots()
+            .snapshot(entity.as_str())
+            .ok_or_else(|| Error::EntityNotFound(entity_id.to_string()))?;
+        Ok(entity_state(entity_id, snapshot, None))
+    }
+
+    /// Counts over the whole store.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            total_events: self.committed_position(),
+            total_entities: self.entities.len() as u64,
+            total_event_types: self.event_types.len() as u64,
+            total_ingested: self.ingested.load(Ordering::Relaxed),
+            read_only: self.read_only.load(Ordering::Acquire),
+            log: self.log.describe(),
+        }
+    }
+
+    /// The names of the registered projections.
+    pub fn projection_names(&self) -> Vec<String> {
+        self.projections.names()
+    }
+
+    /// The projection named `name`.
+    pub fn projection(&self, name: &str) -> Option<Arc<dyn Projection>> {
+        self.projections.get(name)
+    }
+
+    /// Registers a custom projection. It first sees every event already committed, then
+    /// every new one, each exactly once and in position order.
+    pub fn register_projection(&self, projection: Arc<dyn Projection>) -> Result<()> {
+        // Holding the sequencer keeps appends out while the projection catches up.
+        let _sequencer = self.sequencer.lock();
+        if self.projections.contains(projection.name()) {
+            return Err(Error::Validation(format!("a projection named '{}' exists", projection.name())));
+        }
+        for position in 1..=self.committed_position() {
+            if let Some(event) = self.table.get(position) {
+                projection.process(&event)?;
+            }
+        }
+        self.projections
+            .register(projection)
+            .map_err(|p| Error::Validation(format!("a projection named '{}' exists", p.name())))
+    }
+}
+
+fn entity_state(entity_id: &str, snapshot: Snapshot, as_of: Option<Timestamp>) -> EntityState {
+    EntityState {
+        entity_id: entity_id.to_string(),
+        state: snapshot.state,
+        version: snapshot.version,
+        last_event_at: snapshot.last_event_at,
+        as_of,
+    }
+}
+
+fn duplicate_id_error(id: Uuid) -> Error {
+    Error::DuplicateEventId { id, message: format!("an event with id '{id}' exists with different content") }
+}
