@@ -37,6 +37,7 @@ impl Event {
     ///
     /// Kept under this name so that code written for the seed's API reads as it did:
     /// `store.ingest(Event::new("user.created".into(), "user-123".into(), payload))`.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(event_type: String, entity_id: String, payload: Value) -> NewEvent {
         NewEvent { event_type, entity_id, payload, metadata: None, id: None, expected_version: None }
     }

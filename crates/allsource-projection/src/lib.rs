@@ -79,14 +79,13 @@ impl Snapshot {
     pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Snapshot> {
         let mut snapshot: Option<Snapshot> = None;
         for event in events {
-            let current = snapshot.get_or_insert_with(|| Snapshot {
-                state: Value::Null,
-                version: 0,
-                last_event_at: event.timestamp,
-            });
-            current.apply(event);
+            snapshot.get_or_insert_with(Snapshot::empty).apply(event);
         }
         snapshot
+    }
+
+    fn empty() -> Snapshot {
+        Snapshot { state: Value::Null, version: 0, last_event_at: Timestamp::MIN }
     }
 
     fn apply(&mut self, event: &Event) {
@@ -118,12 +117,7 @@ impl Projection for EntitySnapshots {
     }
 
     fn process(&self, event: &Event) -> Result<()> {
-        let mut snapshot = self.snapshots.entry(event.entity_id.clone()).or_insert_with(|| Snapshot {
-            state: Value::Null,
-            version: 0,
-            last_event_at: event.timestamp,
-        });
-        snapshot.apply(event);
+        self.snapshots.entry(event.entity_id.clone()).or_insert_with(Snapshot::empty).apply(event);
         Ok(())
     }
 

@@ -1,0 +1,341 @@
+//! The engine's contract, tested through its public API: sequencing, idempotency,
+//! optimistic concurrency, atomic batches, queries and paging, time travel,
+//! projections, and many threads at once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use allsource_core::projection::Projection;
+use allsource_core::{Event, EventStore, NewEvent, Position, QueryEventsRequest, Timestamp, Uuid};
+use serde_json::{json, Value};
+
+fn new(event_type: &str, entity: &str, payload: Value) -> NewEvent {
+    Event::new(event_type.into(), entity.into(), payload)
+}
+
+fn query(store: &EventStore, request: QueryEventsRequest) -> Vec<Position> {
+    store.query(request).unwrap().events.iter().map(|e| e.position).collect()
+}
+
+/// Every page of a query, following `next_after`, flattened.
+fn all_pages(store: &EventStore, mut request: QueryEventsRequest) -> Vec<Position> {
+    let mut positions = Vec::new();
+    for _ in 0..10_000 {
+        let page = store.query(request.clone()).unwrap();
+        assert!(page.events.len() <= request.limit.unwrap_or(1000));
+        positions.extend(page.events.iter().map(|e| e.position));
+        match page.next_after {
+            Some(after) => request.after = Some(after),
+            None => return positions,
+        }
+    }
+    panic!("paging did not end");
+}
+
+#[test]
+fn positions_versions_and_timestamps_are_assigned() {
+    let store = EventStore::new();
+    let a1 = store.ingest(new("t", "a", json!({"x": 1}))).unwrap();
+    let b1 = store.ingest(new("t", "b", json!({"x": 2}))).unwrap();
+    let a2 = store.ingest(new("t", "a", json!({"x": 3}))).unwrap();
+    assert_eq!((a1.position, a1.version), (1, 1));
+    assert_eq!((b1.position, b1.version), (2, 1));
+    assert_eq!((a2.position, a2.version), (3, 2));
+    assert!(a1.timestamp <= b1.timestamp && b1.timestamp <= a2.timestamp);
+    assert_eq!(a1.metadata, json!({}));
+    assert_eq!(store.get_event(a2.id).unwrap(), a2);
+    let stats = store.stats();
+    assert_eq!(
+        (stats.total_events, stats.total_entities, stats.total_event_types, stats.total_ingested),
+        (3, 2, 1, 3)
+    );
+}
+
+#[test]
+fn idempotent_retry_and_duplicate_ids() {
+    let store = EventStore::new();
+    let id = Uuid::now_v7();
+    let first = store.append(new("t", "a", json!({"x": 1})).with_id(id)).unwrap();
+    assert!(first.created);
+    let retry = store.append(new("t", "a", json!({"x": 1})).with_id(id)).unwrap();
+    assert!(!retry.created);
+    assert_eq!(retry.event, first.event);
+    // A retry wins over expected_version, which the first attempt has moved on.
+    let retry = store.append(new("t", "a", json!({"x": 1})).with_id(id).with_expected_version(0)).unwrap();
+    assert!(!retry.created);
+    let err = store.append(new("t", "a", json!({"x": 2})).with_id(id)).unwrap_err();
+    assert_eq!(err.code(), "DuplicateEventId");
+    let err =
+        store.append(new("t", "a", json!({"x": 1})).with_id(id).with_metadata(json!({"m": 1}))).unwrap_err();
+    assert_eq!(err.code(), "DuplicateEventId");
+    assert_eq!(store.stats().total_events, 1);
+    assert_eq!(store.stats().total_ingested, 1);
+}
+
+#[test]
+fn expected_version_is_checked() {
+    let store = EventStore::new();
+    store.append(new("t", "a", json!(1)).with_expected_version(0)).unwrap();
+    let err = store.append(new("t", "a", json!(2)).with_expected_version(0)).unwrap_err();
+    assert_eq!(err.code(), "ConcurrencyConflict");
+    match err {
+        allsource_core::Error::ConcurrencyConflict { expected_version, current_version, .. } => {
+            assert_eq!((expected_version, current_version), (0, 1));
+        }
+        other => panic!("{other:?}"),
+    }
+    store.append(new("t", "a", json!(2)).with_expected_version(1)).unwrap();
+    assert_eq!(store.stats().total_events, 2);
+}
+
+#[test]
+fn batches_are_atomic() {
+    let store = EventStore::new();
+    store.ingest(new("t", "a", json!(0))).unwrap();
+    // Item 2 conflicts: expected_version counts earlier items of the batch.
+    let batch = vec![
+        new("t", "a", json!(1)).with_expected_version(1),
+        new("t", "a", json!(2)).with_expected_version(2),
+        new("t", "a", json!(3)).with_expected_version(2),
+    ];
+    let err = store.append_batch(batch).unwrap_err();
+    assert_eq!(err.code(), "ConcurrencyConflict");
+    assert!(err.to_string().contains("batch item 2"), "{err}");
+    // An invalid item fails the whole batch too.
+    let err = store.append_batch(vec![new("t", "b", json!(1)), new("", "b", json!(1))]).unwrap_err();
+    assert_eq!(err.code(), "ValidationError");
+    assert!(err.to_string().contains("batch item 1"), "{err}");
+    // The same id twice in one batch.
+    let id = Uuid::now_v7();
+    let err =
+        store.append_batch(vec![new("t", "b", json!(1)).with_id(id), new("t", "b", json!(1)).with_id(id)]);
+    assert_eq!(err.unwrap_err().code(), "DuplicateEventId");
+    assert_eq!(store.stats().total_events, 1);
+    assert_eq!(store.stats().total_entities, 1);
+    assert!(store.get_event(id).is_err());
+
+    let ok = store
+        .append_batch(vec![
+            new("t", "a", json!(1)).with_expected_version(1),
+            new("t", "b", json!(1)),
+            new("t", "a", json!(2)).with_expected_version(2),
+        ])
+        .unwrap();
+    assert_eq!(ok.created, 3);
+    let placed: Vec<_> = ok.events.iter().map(|e| (e.position, e.version)).collect();
+    assert_eq!(placed, vec![(2, 2), (3, 1), (4, 3)]);
+    assert!(ok.events.iter().all(|e| e.timestamp == ok.events[0].timestamp));
+
+    let empty = store.append_batch(Vec::new()).unwrap_err();
+    assert_eq!(empty.code(), "ValidationError");
+    let too_many = (0..10_001).map(|i| new("t", "c", json!(i))).collect();
+    assert_eq!(store.append_batch(too_many).unwrap_err().code(), "ValidationError");
+}
+
+#[test]
+fn batch_retry_appends_nothing() {
+    let store = EventStore::new();
+    let batch: Vec<NewEvent> = (0..5).map(|i| new("t", "a", json!(i)).with_id(Uuid::now_v7())).collect();
+    let first = store.append_batch(batch.clone()).unwrap();
+    let retry = store.append_batch(batch).unwrap();
+    assert_eq!((first.created, retry.created), (5, 0));
+    assert_eq!(first.events, retry.events);
+    assert_eq!(store.stats().total_events, 5);
+}
+
+#[test]
+fn queries_filter_and_page_exactly_once() {
+    let store = EventStore::new();
+    let types = ["created", "updated", "deleted"];
+    let mut expected: HashMap<(Option<usize>, Option<usize>), Vec<Position>> = HashMap::new();
+    for i in 0..500usize {
+        let (t, e) = (i % 3, (i * 7) % 11);
+        let event = store.ingest(new(types[t], &format!("e{e}"), json!({"i": i}))).unwrap();
+        for key in [(None, None), (Some(t), None), (None, Some(e)), (Some(t), Some(e))] {
+            expected.entry(key).or_default().push(event.position);
+        }
+    }
+    for ((t, e), positions) in &expected {
+        for limit in [1, 7, 1000] {
+            let request = QueryEventsRequest {
+                event_type: t.map(|t| types[t].to_string()),
+                entity_id: e.map(|e| format!("e{e}")),
+                limit: Some(limit),
+                ..Default::default()
+            };
+            assert_eq!(&all_pages(&store, request), positions, "type {t:?} entity {e:?} limit {limit}");
+        }
+    }
+    let none = QueryEventsRequest { entity_id: Some("nobody".into()), ..Default::default() };
+    assert!(query(&store, none).is_empty());
+    let past_end = QueryEventsRequest { after: Some(10_000), ..Default::default() };
+    assert!(query(&store, past_end).is_empty());
+    let bad = QueryEventsRequest { limit: Some(0), ..Default::default() };
+    assert_eq!(store.query(bad).unwrap_err().code(), "ValidationError");
+}
+
+#[test]
+fn time_filters_and_as_of() {
+    let store = EventStore::new();
+    let mut stamps = Vec::new();
+    for i in 0..200 {
+        let e = store.ingest(new("t", &format!("e{}", i % 3), json!({"i": i}))).unwrap();
+        stamps.push((e.position, e.timestamp));
+    }
+    let stamps_of = |f: &dyn Fn(Timestamp) -> bool| -> Vec<Position> {
+        stamps.iter().filter(|(_, t)| f(*t)).map(|(p, _)| *p).collect()
+    };
+    for &(_, t) in stamps.iter().step_by(17) {
+        let since = QueryEventsRequest { since: Some(t), limit: Some(10_000), ..Default::default() };
+        assert_eq!(query(&store, since), stamps_of(&|x| x >= t));
+        let until = QueryEventsRequest { until: Some(t), limit: Some(10_000), ..Default::default() };
+        assert_eq!(query(&store, until), stamps_of(&|x| x <= t));
+        let as_of = QueryEventsRequest {
+            as_of: Some(t),
+            entity_id: Some("e1".into()),
+            limit: Some(10_000),
+            ..Default::default()
+        };
+        let expected: Vec<Position> =
+            stamps.iter().filter(|(p, x)| *x <= t && (p - 1) % 3 == 1).map(|(p, _)| *p).collect();
+        assert_eq!(query(&store, as_of), expected);
+    }
+    let before_all = Timestamp::from_micros(stamps[0].1.as_micros() - 1);
+    let err = store.reconstruct_state("e0", Some(before_all)).unwrap_err();
+    assert_eq!(err.code(), "EntityNotFound");
+}
+
+#[test]
+fn state_replays_merge_patches_and_equals_snapshot() {
+    let store = EventStore::new();
+    let e1 = store.ingest(new("t", "order/7", json!({"status": "new", "items": {"a": 1}}))).unwrap();
+    store.ingest(new("t", "order/7", json!({"items": {"b": 2}, "status": "paid"}))).unwrap();
+    store.ingest(new("t", "order/7", json!({"items": {"a": null}}))).unwrap();
+    let state = store.reconstruct_state("order/7", None).unwrap();
+    assert_eq!(state.state, json!({"status": "paid", "items": {"b": 2}}));
+    assert_eq!(state.version, 3);
+    assert_eq!(store.snapshot("order/7").unwrap(), state);
+    let early = store.reconstruct_state("order/7", Some(e1.timestamp)).unwrap();
+    assert!(early.version >= 1 && early.as_of == Some(e1.timestamp));
+    assert_eq!(store.reconstruct_state("nobody", None).unwrap_err().code(), "EntityNotFound");
+    assert_eq!(store.snapshot("nobody").unwrap_err().code(), "EntityNotFound");
+    assert_eq!(store.snapshot("").unwrap_err().code(), "ValidationError");
+}
+
+/// A custom projection: the sum of `amount` per entity, and the positions it saw.
+#[derive(Default)]
+struct Totals {
+    totals: Mutex<HashMap<String, i64>>,
+    seen: Mutex<Vec<u64>>,
+}
+
+impl Projection for Totals {
+    fn name(&self) -> &str {
+        "totals"
+    }
+    fn process(&self, event: &Event) -> allsource_core::Result<()> {
+        let amount = event.payload.get("amount").and_then(Value::as_i64).unwrap_or(0);
+        *self.totals.lock().unwrap().entry(event.entity_id.to_string()).or_default() += amount;
+        self.seen.lock().unwrap().push(event.position);
+        Ok(())
+    }
+    fn get_state(&self, key: &str) -> Option<Value> {
+        self.totals.lock().unwrap().get(key).map(|t| json!({"total": t}))
+    }
+    fn clear(&self) {
+        self.totals.lock().unwrap().clear();
+    }
+}
+
+#[test]
+fn custom_projections_see_every_event_once_in_order() {
+    let store = EventStore::new();
+    for i in 0..10 {
+        store.ingest(new("paid", &format!("a{}", i % 2), json!({"amount": i}))).unwrap();
+    }
+    let totals = Arc::new(Totals::default());
+    store.register_projection(totals.clone()).unwrap();
+    for i in 10..20 {
+        store.ingest(new("paid", &format!("a{}", i % 2), json!({"amount": i}))).unwrap();
+    }
+    assert_eq!(*totals.seen.lock().unwrap(), (1..=20).collect::<Vec<u64>>());
+    let projection = store.projection("totals").unwrap();
+    assert_eq!(projection.get_state("a0"), Some(json!({"total": (0..20).step_by(2).sum::<i64>()})));
+    assert!(store.register_projection(Arc::new(Totals::default())).is_err());
+    assert_eq!(store.projection_names(), vec!["entity_snapshots", "event_counters", "totals"]);
+    let counters = store.projection("event_counters").unwrap();
+    assert_eq!(counters.get_state("paid"), Some(json!({"count": 20})));
+}
+
+#[test]
+fn concurrent_writers_get_gapless_unique_positions_and_versions() {
+    let store = Arc::new(EventStore::new());
+    let threads = 16;
+    let per_thread = 500;
+    let conflicts = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            let store = &store;
+            let conflicts = &conflicts;
+            scope.spawn(move || {
+                for i in 0..per_thread {
+                    // Half the threads share entities, half write their own.
+                    let entity =
+                        if thread % 2 == 0 { format!("shared-{}", i % 5) } else { format!("own-{thread}") };
+                    store.ingest(new("t", &entity, json!({"thread": thread, "i": i}))).unwrap();
+                    // Racing optimistic writers on one entity: some conflict, none corrupt.
+                    let current = store.snapshot("race").map(|s| s.version).unwrap_or(0);
+                    match store
+                        .append(new("race", "race", json!({"by": thread})).with_expected_version(current))
+                    {
+                        Ok(_) => {}
+                        Err(e) if e.code() == "ConcurrencyConflict" => {
+                            conflicts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+        }
+        // A reader that keeps checking it never sees a gap below the watermark.
+        let store = &store;
+        scope.spawn(move || {
+            for _ in 0..200 {
+                let committed = store.committed_position();
+                let page =
+                    store.query(QueryEventsRequest { limit: Some(10_000), ..Default::default() }).unwrap();
+                let positions: Vec<u64> = page.events.iter().map(|e| e.position).collect();
+                let expected: Vec<u64> = (1..=positions.len() as u64).collect();
+                assert_eq!(positions, expected);
+                assert!(positions.len() as u64 >= committed.min(10_000));
+            }
+        });
+    });
+    let race_events = store.snapshot("race").unwrap().version;
+    let total = (threads * per_thread) as u64 + race_events;
+    assert_eq!(race_events + conflicts.load(Ordering::Relaxed), (threads * per_thread) as u64);
+    assert_eq!(store.stats().total_events, total);
+    let all = all_pages(&store, QueryEventsRequest { limit: Some(10_000), ..Default::default() });
+    assert_eq!(all, (1..=total).collect::<Vec<_>>());
+    // Per entity: versions 1..=n in position order, each id unique.
+    let mut versions: HashMap<String, u64> = HashMap::new();
+    let mut ids = HashSet::new();
+    let mut last_timestamp = Timestamp::MIN;
+    for position in all {
+        let page = store.query(QueryEventsRequest {
+            after: Some(position - 1),
+            limit: Some(1),
+            ..Default::default()
+        });
+        let event = page.unwrap().events[0].clone();
+        let version = versions.entry(event.entity_id.to_string()).or_default();
+        *version += 1;
+        assert_eq!(event.version, *version, "entity {}", event.entity_id);
+        assert!(ids.insert(event.id));
+        assert!(event.timestamp >= last_timestamp);
+        last_timestamp = event.timestamp;
+    }
+}
