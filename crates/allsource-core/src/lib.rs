@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+mod commit;
 mod store;
 mod table;
 
@@ -35,6 +36,7 @@ pub use allsource_core_types::{
     Result, Timestamp, Version,
 };
 pub use allsource_storage::{Log, LogInfo, MemoryLog};
+pub use commit::Ticket;
 pub use store::{Appended, BatchAppended, EntityState, EventStore, QueryPage, Stats};
 
 /// Projections: the trait to implement for a custom one, and the built-in ones.

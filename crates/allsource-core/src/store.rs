@@ -12,11 +12,12 @@ use allsource_core_types::{
 use allsource_index::{first_position_where, IdIndex, PositionIndex, PositionRange};
 use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
 use allsource_storage::{Log, LogInfo, MemoryLog};
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::commit::{Ticket, Waiters};
 use crate::table::EventTable;
 
 /// The result of appending one event.
@@ -86,7 +87,7 @@ struct Sequencer {
     next_position: Position,
     /// The timestamp of the last event sequenced; the next is never earlier.
     last_timestamp: Timestamp,
-    /// Each entity's current version, including events sequenced but not yet visible.
+    /// Each entity's current version, including events sequenced but not yet committed.
     versions: HashMap<EntityId, Version>,
 }
 
@@ -94,8 +95,23 @@ struct Sequencer {
 enum Decision {
     /// A new event, to append.
     New(Arc<Event>),
-    /// An idempotent retry of this stored event.
+    /// An idempotent retry of this stored (or in-flight) event.
     Existing(Arc<Event>),
+}
+
+impl Decision {
+    fn event(&self) -> &Arc<Event> {
+        match self {
+            Decision::New(event) | Decision::Existing(event) => event,
+        }
+    }
+}
+
+/// Sequenced events waiting for the group-commit writer.
+#[derive(Default)]
+struct Queue {
+    events: Vec<Arc<Event>>,
+    shutdown: bool,
 }
 
 /// An event store: append, query, replay, project.
@@ -103,18 +119,34 @@ enum Decision {
 /// Thread-safe: share it behind an `Arc` between any number of writers and readers.
 /// Appends are sequenced under one short critical section; readers take no lock that
 /// an append holds for long, and never see a position above the committed watermark.
+///
+/// With a durable log, one writer thread commits every pending append with one log
+/// write (group commit); an append returns once the write covering it is durable.
+/// Dropping the store commits what is queued, then stops the writer.
 pub struct EventStore {
+    inner: Arc<Inner>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Inner {
     log: Box<dyn Log>,
     sequencer: Mutex<Sequencer>,
     /// The last position that is committed and visible to readers.
     committed: AtomicU64,
+    /// Filled at sequencing time; readers only look at positions up to `committed`.
     table: EventTable,
     entities: PositionIndex<EntityId>,
     event_types: PositionIndex<EventType>,
     ids: IdIndex,
     projections: ProjectionRegistry,
+    /// Serializes feeding committed events to projections with registering one.
+    apply_lock: Mutex<()>,
     ingested: AtomicU64,
     read_only: AtomicBool,
+    failure: Mutex<Option<Error>>,
+    /// `Some` when a writer thread commits in groups; `None` to commit inline.
+    queue: Option<(Mutex<Queue>, Condvar)>,
+    waiters: Waiters,
 }
 
 impl Default for EventStore {
@@ -129,49 +161,118 @@ impl std::fmt::Debug for EventStore {
     }
 }
 
+impl Drop for EventStore {
+    fn drop(&mut self) {
+        if let Some((queue, ready)) = &self.inner.queue {
+            queue.lock().shutdown = true;
+            ready.notify_all();
+        }
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!("the commit writer thread panicked");
+            }
+        }
+    }
+}
+
 impl EventStore {
     /// An empty store that keeps its events in memory only.
     pub fn new() -> EventStore {
-        EventStore::empty(Box::new(MemoryLog::default()))
+        let inner = Inner::new(Box::new(MemoryLog::default()), false);
+        EventStore { inner: Arc::new(inner), writer: None }
     }
 
     /// A store over `log`, with the events the log already holds recovered: their
     /// positions and versions are checked to be gapless, and the indexes and
-    /// projections rebuilt.
+    /// projections rebuilt. A durable log gets a group-commit writer thread.
     pub fn open(log: Box<dyn Log>) -> Result<EventStore> {
+        let group_commit = log.describe().durable;
         let recovered = log.recover()?;
-        let store = EventStore::empty(log);
-        {
-            let mut sequencer = store.sequencer.lock();
-            for event in recovered {
-                if event.position != sequencer.next_position {
-                    return Err(Error::Internal(format!(
-                        "recovered position {} where {} was expected",
-                        event.position, sequencer.next_position
-                    )));
-                }
-                let current = sequencer.versions.get(&event.entity_id).copied().unwrap_or(0);
-                if event.version != current + 1 {
-                    return Err(Error::Internal(format!(
-                        "recovered version {} of entity '{}' where {} was expected",
-                        event.version,
-                        event.entity_id,
-                        current + 1
-                    )));
-                }
-                let event = Arc::new(event);
-                sequencer.next_position += 1;
-                sequencer.last_timestamp = sequencer.last_timestamp.max(event.timestamp);
-                sequencer.versions.insert(event.entity_id.clone(), event.version);
-                store.ids.insert(event.id, event.position);
-                store.apply(&event);
-            }
-        }
-        Ok(store)
+        let inner = Arc::new(Inner::new(log, group_commit));
+        inner.recover(recovered)?;
+        let writer = if group_commit {
+            let inner = inner.clone();
+            let handle = std::thread::Builder::new()
+                .name("allsource-commit".to_string())
+                .spawn(move || inner.run_writer())
+                .map_err(|e| Error::Internal(format!("cannot start the commit writer: {e}")))?;
+            Some(handle)
+        } else {
+            None
+        };
+        Ok(EventStore { inner, writer })
     }
 
-    fn empty(log: Box<dyn Log>) -> EventStore {
-        EventStore {
+    /// Appends one event and returns it as stored: the seed's name for [`EventStore::append`].
+    pub fn ingest(&self, event: NewEvent) -> Result<Arc<Event>> {
+        self.append(event).map(|appended| appended.event)
+    }
+
+    /// Appends one event, returning once it is committed. An event whose id is already
+    /// stored with the same content is an idempotent retry: it returns the stored
+    /// event with `created: false` and appends nothing.
+    pub fn append(&self, event: NewEvent) -> Result<Appended> {
+        let (decision, ticket) = self.submit(event)?;
+        ticket.wait()?;
+        Ok(decision)
+    }
+
+    /// [`EventStore::append`] for async callers: waits for the commit without blocking
+    /// a thread.
+    pub async fn append_async(&self, event: NewEvent) -> Result<Appended> {
+        let (decision, ticket) = self.submit(event)?;
+        ticket.await?;
+        Ok(decision)
+    }
+
+    fn submit(&self, event: NewEvent) -> Result<(Appended, Ticket)> {
+        let proposal = ProposedEvent::try_from(event)?;
+        let (mut decisions, ticket) = self.inner.sequence(vec![proposal], false)?;
+        let appended = match decisions.pop() {
+            Some(Decision::New(event)) => Appended { event, created: true },
+            Some(Decision::Existing(event)) => Appended { event, created: false },
+            None => return Err(Error::Internal("append produced no event".to_string())),
+        };
+        Ok((appended, ticket))
+    }
+
+    /// Appends 1..=10,000 events atomically: all get consecutive positions, or none is
+    /// appended. An error names the index of the item it is about.
+    pub fn append_batch(&self, events: Vec<NewEvent>) -> Result<BatchAppended> {
+        let (appended, ticket) = self.submit_batch(events)?;
+        ticket.wait()?;
+        Ok(appended)
+    }
+
+    /// [`EventStore::append_batch`] for async callers.
+    pub async fn append_batch_async(&self, events: Vec<NewEvent>) -> Result<BatchAppended> {
+        let (appended, ticket) = self.submit_batch(events)?;
+        ticket.await?;
+        Ok(appended)
+    }
+
+    fn submit_batch(&self, events: Vec<NewEvent>) -> Result<(BatchAppended, Ticket)> {
+        if events.is_empty() || events.len() > BATCH_EVENTS_MAX {
+            return Err(Error::Validation(format!(
+                "a batch must have 1..={BATCH_EVENTS_MAX} events, got {}",
+                events.len()
+            )));
+        }
+        let proposals = events
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| ProposedEvent::try_from(event).map_err(|e| e.at_batch_item(index)))
+            .collect::<Result<Vec<_>>>()?;
+        let (decisions, ticket) = self.inner.sequence(proposals, true)?;
+        let created = decisions.iter().filter(|d| matches!(d, Decision::New(_))).count();
+        let events = decisions.into_iter().map(|d| d.event().clone()).collect();
+        Ok((BatchAppended { events, created }, ticket))
+    }
+}
+
+impl Inner {
+    fn new(log: Box<dyn Log>, group_commit: bool) -> Inner {
+        Inner {
             log,
             sequencer: Mutex::new(Sequencer {
                 next_position: 1,
@@ -184,68 +285,86 @@ impl EventStore {
             event_types: PositionIndex::default(),
             ids: IdIndex::default(),
             projections: ProjectionRegistry::default(),
+            apply_lock: Mutex::new(()),
             ingested: AtomicU64::new(0),
             read_only: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            queue: group_commit.then(|| (Mutex::new(Queue::default()), Condvar::new())),
+            waiters: Waiters::default(),
         }
     }
 
-    /// Appends one event and returns it as stored: the seed's name for [`EventStore::append`].
-    pub fn ingest(&self, event: NewEvent) -> Result<Arc<Event>> {
-        self.append(event).map(|appended| appended.event)
-    }
-
-    /// Appends one event. An event whose id is already stored with the same content is
-    /// an idempotent retry: it returns the stored event with `created: false`.
-    pub fn append(&self, event: NewEvent) -> Result<Appended> {
-        let proposal = ProposedEvent::try_from(event)?;
-        let mut decisions = self.sequence(vec![proposal], false)?;
-        match decisions.pop() {
-            Some(Decision::New(event)) => Ok(Appended { event, created: true }),
-            Some(Decision::Existing(event)) => Ok(Appended { event, created: false }),
-            None => Err(Error::Internal("append produced no event".to_string())),
+    /// Rebuilds every table from the log's events, checking that positions and
+    /// versions are gapless.
+    fn recover(&self, recovered: Vec<Event>) -> Result<()> {
+        let mut sequencer = self.sequencer.lock();
+        let mut last = 0;
+        for event in recovered {
+            if event.position != sequencer.next_position {
+                return Err(Error::Internal(format!(
+                    "recovered position {} where {} was expected",
+                    event.position, sequencer.next_position
+                )));
+            }
+            let current = sequencer.versions.get(&event.entity_id).copied().unwrap_or(0);
+            if event.version != current + 1 {
+                return Err(Error::Internal(format!(
+                    "recovered version {} of entity '{}' where {} was expected",
+                    event.version,
+                    event.entity_id,
+                    current + 1
+                )));
+            }
+            if event.timestamp < sequencer.last_timestamp {
+                return Err(Error::Internal(format!(
+                    "recovered timestamp at position {} goes back in time",
+                    event.position
+                )));
+            }
+            let event = Arc::new(event);
+            sequencer.next_position += 1;
+            sequencer.last_timestamp = event.timestamp;
+            sequencer.versions.insert(event.entity_id.clone(), event.version);
+            self.index(&event);
+            self.publish(&event);
+            last = event.position;
         }
+        self.committed.store(last, Ordering::Release);
+        Ok(())
     }
 
-    /// Appends 1..=10,000 events atomically: all get consecutive positions, or none is
-    /// appended. An error names the index of the item it is about.
-    pub fn append_batch(&self, events: Vec<NewEvent>) -> Result<BatchAppended> {
-        if events.is_empty() || events.len() > BATCH_EVENTS_MAX {
-            return Err(Error::Validation(format!(
-                "a batch must have 1..={BATCH_EVENTS_MAX} events, got {}",
-                events.len()
-            )));
+    fn failure(&self) -> Option<Error> {
+        self.failure.lock().clone()
+    }
+
+    /// Turns the store read-only after a failed commit and fails every waiter.
+    fn fail(&self, error: Error) -> Error {
+        let error = match error {
+            Error::Storage { message, .. } => Error::Storage { message, read_only: true },
+            other => Error::Storage { message: other.to_string(), read_only: true },
+        };
+        {
+            let mut failure = self.failure.lock();
+            if failure.is_none() {
+                tracing::error!(%error, "commit failed; the store is now read-only");
+                *failure = Some(error.clone());
+            }
+            self.read_only.store(true, Ordering::Release);
         }
-        let proposals = events
-            .into_iter()
-            .enumerate()
-            .map(|(index, event)| ProposedEvent::try_from(event).map_err(|e| e.at_batch_item(index)))
-            .collect::<Result<Vec<_>>>()?;
-        let decisions = self.sequence(proposals, true)?;
-        let mut created = 0;
-        let events = decisions
-            .into_iter()
-            .map(|decision| match decision {
-                Decision::New(event) => {
-                    created += 1;
-                    event
-                }
-                Decision::Existing(event) => event,
-            })
-            .collect();
-        Ok(BatchAppended { events, created })
+        self.waiters.fail(&error);
+        error
     }
 
-    /// The sequencer: checks and assigns under one lock, commits, applies.
-    fn sequence(&self, proposals: Vec<ProposedEvent>, is_batch: bool) -> Result<Vec<Decision>> {
+    /// The sequencer: checks and assigns under one lock, then commits inline or hands
+    /// the events to the group-commit writer. Returns a ticket that completes when
+    /// every decided event is committed.
+    fn sequence(&self, proposals: Vec<ProposedEvent>, is_batch: bool) -> Result<(Vec<Decision>, Ticket)> {
         let item_error =
             |error: Error, index: usize| if is_batch { error.at_batch_item(index) } else { error };
-        if self.read_only.load(Ordering::Acquire) {
-            return Err(Error::Storage {
-                message: "the store is read-only after a storage failure; restart it to recover".to_string(),
-                read_only: true,
-            });
-        }
         let mut sequencer = self.sequencer.lock();
+        if let Some(error) = self.failure() {
+            return Err(error);
+        }
         let timestamp = Timestamp::now().max(sequencer.last_timestamp);
         // Versions and ids taken by earlier items of this batch.
         let mut batch_versions: HashMap<EntityId, Version> = HashMap::new();
@@ -255,7 +374,8 @@ impl EventStore {
         for (index, proposal) in proposals.into_iter().enumerate() {
             let id = match proposal.id {
                 Some(id) => {
-                    if let Some(existing) = self.stored_event_with_id(&id) {
+                    // Sequenced events are in the table already, committed or not.
+                    if let Some(existing) = self.ids.get(&id).and_then(|p| self.table.get(p)) {
                         if !existing.same_content(&proposal) {
                             return Err(item_error(duplicate_id_error(id), index));
                         }
@@ -309,59 +429,116 @@ impl EventStore {
             new_events.push(event.clone());
             decisions.push(Decision::New(event));
         }
+        let target = decisions.iter().map(|d| d.event().position).max().unwrap_or(0);
         if new_events.is_empty() {
-            return Ok(decisions);
+            drop(sequencer);
+            return Ok((decisions, self.ticket(target)));
         }
 
-        // The commit step. Nothing of the sequencer's state has changed yet, so a
-        // failure here leaves the store as it was, and read-only.
-        if let Err(error) = self.log.append(&new_events) {
-            self.read_only.store(true, Ordering::Release);
-            tracing::error!(%error, "commit failed; the store is now read-only");
-            return Err(match error {
-                Error::Storage { message, .. } => Error::Storage { message, read_only: true },
-                other => other,
-            });
-        }
+        // Every check passed: the batch is in. Record it, invisible to readers until
+        // the committed watermark passes it.
         sequencer.next_position += new_events.len() as Position;
         sequencer.last_timestamp = timestamp;
         sequencer.versions.extend(batch_versions);
         for event in &new_events {
-            self.ids.insert(event.id, event.position);
-            self.apply(event);
+            self.index(event);
         }
-        self.ingested.fetch_add(new_events.len() as u64, Ordering::Relaxed);
-        Ok(decisions)
+        match &self.queue {
+            Some((queue, ready)) => {
+                queue.lock().events.extend(new_events);
+                ready.notify_one();
+                drop(sequencer);
+                Ok((decisions, self.ticket(target)))
+            }
+            None => {
+                // Inline commit, still under the sequencer's lock, so commits happen
+                // in position order.
+                let result = self.commit(&new_events);
+                drop(sequencer);
+                result.map(|()| (decisions, Ticket::ready(Ok(()))))
+            }
+        }
     }
 
-    /// Makes a committed event visible: table, indexes, projections, then the watermark.
-    /// Called in position order, under the sequencer's lock.
-    fn apply(&self, event: &Arc<Event>) {
+    fn ticket(&self, target: Position) -> Ticket {
+        self.waiters.ticket(target, || self.committed.load(Ordering::Acquire), || self.failure())
+    }
+
+    /// Puts a sequenced event in the table and the indexes. Readers still cannot see it.
+    fn index(&self, event: &Arc<Event>) {
         self.table.insert(event.clone());
+        self.ids.insert(event.id, event.position);
         self.entities.push(event.entity_id.clone(), event.position);
         self.event_types.push(event.event_type.clone(), event.position);
+    }
+
+    /// The commit step for a group of sequenced events, in position order: the log
+    /// write, then the projections, then the watermark, then the waiters.
+    fn commit(&self, events: &[Arc<Event>]) -> Result<()> {
+        let Some(last) = events.last() else { return Ok(()) };
+        if let Some(error) = self.failure() {
+            self.waiters.fail(&error);
+            return Err(error);
+        }
+        if let Err(error) = self.log.append(events) {
+            return Err(self.fail(error));
+        }
+        {
+            let _apply = self.apply_lock.lock();
+            for event in events {
+                self.publish(event);
+            }
+            self.committed.store(last.position, Ordering::Release);
+        }
+        self.ingested.fetch_add(events.len() as u64, Ordering::Relaxed);
+        self.waiters.committed(last.position);
+        Ok(())
+    }
+
+    /// Feeds a committed event to the projections.
+    fn publish(&self, event: &Event) {
         for (projection, error) in self.projections.process(event) {
             tracing::warn!(projection, %error, position = event.position, "projection failed on an event");
         }
-        self.committed.store(event.position, Ordering::Release);
     }
 
-    fn stored_event_with_id(&self, id: &Uuid) -> Option<Arc<Event>> {
-        let position = self.ids.get(id)?;
-        if position > self.committed.load(Ordering::Acquire) {
-            return None;
+    /// The group-commit writer: drains every pending event, commits them with one log
+    /// write, and goes again, until the store is dropped and the queue is empty.
+    fn run_writer(&self) {
+        let Some((queue, ready)) = &self.queue else { return };
+        let mut group: Vec<Arc<Event>> = Vec::new();
+        loop {
+            {
+                let mut pending = queue.lock();
+                while pending.events.is_empty() && !pending.shutdown {
+                    ready.wait(&mut pending);
+                }
+                if pending.events.is_empty() {
+                    return;
+                }
+                std::mem::swap(&mut pending.events, &mut group);
+            }
+            // A failure is recorded in `self.failure` and reported to every waiter.
+            let _ = self.commit(&group);
+            group.clear();
         }
-        self.table.get(position)
     }
+}
 
+impl EventStore {
     /// The last committed position: every position up to it is visible.
     pub fn committed_position(&self) -> Position {
-        self.committed.load(Ordering::Acquire)
+        self.inner.committed.load(Ordering::Acquire)
     }
 
     /// The event with this id.
     pub fn get_event(&self, id: Uuid) -> Result<Arc<Event>> {
-        self.stored_event_with_id(&id).ok_or(Error::EventNotFound(id))
+        self.inner
+            .ids
+            .get(&id)
+            .filter(|&p| p <= self.committed_position())
+            .and_then(|p| self.inner.table.get(p))
+            .ok_or(Error::EventNotFound(id))
     }
 
     /// The events matching `request`, one page of them.
@@ -373,14 +550,14 @@ impl EventStore {
         let wanted = limit + 1;
         let mut positions: Vec<Position> = match (&query.entity_id, &query.event_type) {
             (Some(entity), Some(event_type)) => self.select_both(entity, event_type, range, wanted),
-            (Some(entity), None) => self.entities.select(entity.as_str(), range, wanted),
-            (None, Some(event_type)) => self.event_types.select(event_type.as_str(), range, wanted),
+            (Some(entity), None) => self.inner.entities.select(entity.as_str(), range, wanted),
+            (None, Some(event_type)) => self.inner.event_types.select(event_type.as_str(), range, wanted),
             (None, None) if range.is_empty() => Vec::new(),
             (None, None) => (range.first..=range.last).take(wanted).collect(),
         };
         let more = positions.len() > limit;
         positions.truncate(limit);
-        let events: Vec<Arc<Event>> = positions.iter().filter_map(|&p| self.table.get(p)).collect();
+        let events: Vec<Arc<Event>> = positions.iter().filter_map(|&p| self.inner.table.get(p)).collect();
         let next_after = if more { events.last().map(|e| e.position) } else { None };
         Ok(QueryPage { events, next_after })
     }
@@ -394,18 +571,18 @@ impl EventStore {
         wanted: usize,
     ) -> Vec<Position> {
         const STEP: usize = 1024;
-        let by_entity =
-            self.entities.count(entity.as_str(), range) <= self.event_types.count(event_type.as_str(), range);
+        let by_entity = self.inner.entities.count(entity.as_str(), range)
+            <= self.inner.event_types.count(event_type.as_str(), range);
         let mut found = Vec::new();
         while found.len() < wanted && !range.is_empty() {
             let candidates = if by_entity {
-                self.entities.select(entity.as_str(), range, STEP)
+                self.inner.entities.select(entity.as_str(), range, STEP)
             } else {
-                self.event_types.select(event_type.as_str(), range, STEP)
+                self.inner.event_types.select(event_type.as_str(), range, STEP)
             };
             let Some(&last) = candidates.last() else { break };
             for position in candidates {
-                let Some(event) = self.table.get(position) else { continue };
+                let Some(event) = self.inner.table.get(position) else { continue };
                 if event.entity_id == *entity && event.event_type == *event_type {
                     found.push(position);
                     if found.len() == wanted {
@@ -427,7 +604,7 @@ impl EventStore {
         until: Option<Timestamp>,
     ) -> PositionRange {
         let mut range = PositionRange::new(after.saturating_add(1), self.committed_position());
-        let timestamp = |p| self.table.timestamp(p).unwrap_or(Timestamp::MAX);
+        let timestamp = |p| self.inner.table.timestamp(p).unwrap_or(Timestamp::MAX);
         if let Some(since) = since {
             range.first = first_position_where(range, |p| timestamp(p) >= since);
         }
@@ -442,8 +619,8 @@ impl EventStore {
     pub fn reconstruct_state(&self, entity_id: &str, as_of: Option<Timestamp>) -> Result<EntityState> {
         let entity = EntityId::try_from(entity_id)?;
         let range = self.position_range(0, None, as_of);
-        let positions = self.entities.select(entity.as_str(), range, usize::MAX);
-        let events: Vec<Arc<Event>> = positions.iter().filter_map(|&p| self.table.get(p)).collect();
+        let positions = self.inner.entities.select(entity.as_str(), range, usize::MAX);
+        let events: Vec<Arc<Event>> = positions.iter().filter_map(|&p| self.inner.table.get(p)).collect();
         let snapshot = Snapshot::replay(events.iter().map(|e| &**e))
             .ok_or_else(|| Error::EntityNotFound(entity_id.to_string()))?;
         Ok(entity_state(entity_id, snapshot, as_of))
@@ -454,6 +631,7 @@ impl EventStore {
     pub fn snapshot(&self, entity_id: &str) -> Result<EntityState> {
         let entity = EntityId::try_from(entity_id)?;
         let snapshot = self
+            .inner
             .projections
             .snapshots()
             .snapshot(entity.as_str())
@@ -465,38 +643,39 @@ impl EventStore {
     pub fn stats(&self) -> Stats {
         Stats {
             total_events: self.committed_position(),
-            total_entities: self.entities.len() as u64,
-            total_event_types: self.event_types.len() as u64,
-            total_ingested: self.ingested.load(Ordering::Relaxed),
-            read_only: self.read_only.load(Ordering::Acquire),
-            log: self.log.describe(),
+            total_entities: self.inner.projections.snapshots().len() as u64,
+            total_event_types: self.inner.projections.counters().len() as u64,
+            total_ingested: self.inner.ingested.load(Ordering::Relaxed),
+            read_only: self.inner.read_only.load(Ordering::Acquire),
+            log: self.inner.log.describe(),
         }
     }
 
     /// The names of the registered projections.
     pub fn projection_names(&self) -> Vec<String> {
-        self.projections.names()
+        self.inner.projections.names()
     }
 
     /// The projection named `name`.
     pub fn projection(&self, name: &str) -> Option<Arc<dyn Projection>> {
-        self.projections.get(name)
+        self.inner.projections.get(name)
     }
 
     /// Registers a custom projection. It first sees every event already committed, then
     /// every new one, each exactly once and in position order.
     pub fn register_projection(&self, projection: Arc<dyn Projection>) -> Result<()> {
-        // Holding the sequencer keeps appends out while the projection catches up.
-        let _sequencer = self.sequencer.lock();
-        if self.projections.contains(projection.name()) {
+        // Holding the apply lock keeps commits out while the projection catches up.
+        let _apply = self.inner.apply_lock.lock();
+        if self.inner.projections.contains(projection.name()) {
             return Err(Error::Validation(format!("a projection named '{}' exists", projection.name())));
         }
         for position in 1..=self.committed_position() {
-            if let Some(event) = self.table.get(position) {
+            if let Some(event) = self.inner.table.get(position) {
                 projection.process(&event)?;
             }
         }
-        self.projections
+        self.inner
+            .projections
             .register(projection)
             .map_err(|p| Error::Validation(format!("a projection named '{}' exists", p.name())))
     }

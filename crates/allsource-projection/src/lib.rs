@@ -109,6 +109,16 @@ impl EntitySnapshots {
     pub fn snapshot(&self, entity_id: &str) -> Option<Snapshot> {
         self.snapshots.get(entity_id).map(|s| s.clone())
     }
+
+    /// How many entities have a snapshot.
+    pub fn len(&self) -> usize {
+        self.snapshots.len()
+    }
+
+    /// Whether no entity has a snapshot.
+    pub fn is_empty(&self) -> bool {
+        self.snapshots.is_empty()
+    }
 }
 
 impl Projection for EntitySnapshots {
@@ -149,6 +159,16 @@ impl EventCounters {
     /// How many events of `event_type` there are.
     pub fn count(&self, event_type: &str) -> u64 {
         self.counts.get(event_type).map_or(0, |c| *c)
+    }
+
+    /// How many event types have been counted.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether no event has been counted.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
     }
 }
 

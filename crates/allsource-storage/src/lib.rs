@@ -17,6 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use allsource_core_types::{Error, Event, Position};
+use serde::Serialize;
+
+pub mod fs;
+pub mod sim;
+mod wal;
+
+pub use wal::{RecoveryReport, SyncMode, Wal, WalConfig, SEGMENT_BYTES_MAX_DEFAULT};
 
 /// The commit step of the engine's write path.
 ///
@@ -37,15 +44,30 @@ pub trait Log: Send + Sync {
     fn describe(&self) -> LogInfo;
 }
 
-/// A description of a log, for operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A description of a log and its figures, for operators (`GET /api/v1/stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct LogInfo {
-    /// `"memory"` or the durable log's kind.
+    /// `"memory"` or `"wal"`.
     pub kind: &'static str,
     /// Whether an acknowledged event survives the process.
     pub durable: bool,
     /// The last position kept (0 when empty).
     pub last_position: Position,
+    /// The data directory, for a durable log on the real file system.
+    pub data_dir: Option<String>,
+    /// When an append is acknowledged: `"always"` (after fdatasync), `"none"`, or
+    /// `"memory"`.
+    pub sync: &'static str,
+    /// Bytes in WAL segments.
+    pub wal_bytes: u64,
+    /// WAL segment files.
+    pub segments: u64,
+    /// fdatasync calls made for records since start-up.
+    pub syncs: u64,
+    /// Events covered by those syncs (divided by `syncs`: events per sync).
+    pub synced_events: u64,
+    /// How long the last record's fdatasync took, in microseconds.
+    pub last_sync_micros: u64,
 }
 
 /// A log that keeps nothing beyond the process: for tests, demos and `--in-memory`.
@@ -75,6 +97,12 @@ impl Log for MemoryLog {
     }
 
     fn describe(&self) -> LogInfo {
-        LogInfo { kind: "memory", durable: false, last_position: self.last_position.load(Ordering::Relaxed) }
+        LogInfo {
+            kind: "memory",
+            durable: false,
+            last_position: self.last_position.load(Ordering::Relaxed),
+            sync: "memory",
+            ..LogInfo::default()
+        }
     }
 }

@@ -1,0 +1,252 @@
+//! A simulated file system for crash and fault tests.
+//!
+//! It keeps each file's bytes together with how many of them are synced, and whether
+//! the file's name is durable (its directory was synced after it was created). It can
+//! fail the Nth mutating operation, or every write once the "disk" is full, and it can
+//! produce the image a crash would leave: synced bytes kept, any prefix of the unsynced
+//! bytes kept (optionally damaged, as a power loss may leave them), files whose names
+//! were never made durable possibly gone.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::fs::{AppendFile, Fs};
+
+#[derive(Debug, Clone, Default)]
+struct SimFile {
+    data: Vec<u8>,
+    synced_len: usize,
+    name_durable: bool,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    files: BTreeMap<PathBuf, SimFile>,
+    dirs: BTreeSet<PathBuf>,
+    ops: u64,
+    fail_at: Option<u64>,
+    disk_full: bool,
+}
+
+impl SimState {
+    /// Counts a mutating operation and fails it if it is the chosen one.
+    fn op(&mut self) -> io::Result<()> {
+        self.ops += 1;
+        if self.fail_at == Some(self.ops) {
+            return Err(io::Error::other(format!("injected fault at operation {}", self.ops)));
+        }
+        Ok(())
+    }
+}
+
+/// How a crash image treats unsynced bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashKind {
+    /// The process died (`kill -9`): the OS keeps every written byte.
+    Process,
+    /// The machine lost power: synced bytes stay, unsynced ones may be cut anywhere
+    /// and the kept part may be damaged, and unsynced file names may vanish.
+    Power,
+}
+
+/// A simulated file system; cheap to clone (clones share state).
+#[derive(Debug, Clone, Default)]
+pub struct SimFs {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl SimFs {
+    /// An empty file system.
+    pub fn new() -> SimFs {
+        SimFs::default()
+    }
+
+    /// Fails the `n`th mutating operation (write, sync, create, truncate, remove,
+    /// directory sync) from now on, counting from 1.
+    pub fn fail_operation(&self, n: u64) {
+        let mut state = self.state.lock();
+        state.fail_at = Some(state.ops + n);
+    }
+
+    /// Makes every later write fail as on a full disk (or stops doing so).
+    pub fn set_disk_full(&self, full: bool) {
+        self.state.lock().disk_full = full;
+    }
+
+    /// Mutating operations done so far.
+    pub fn operations(&self) -> u64 {
+        self.state.lock().ops
+    }
+
+    /// The image a crash at this moment would leave, as a new file system; `seed`
+    /// chooses where unsynced bytes are cut.
+    pub fn crash_image(&self, kind: CrashKind, seed: u64) -> SimFs {
+        let state = self.state.lock();
+        let mut rng = XorShift(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut files = BTreeMap::new();
+        for (path, file) in &state.files {
+            let mut file = file.clone();
+            if kind == CrashKind::Power {
+                if !file.name_durable && rng.below(2) == 0 {
+                    continue;
+                }
+                let unsynced = file.data.len() - file.synced_len;
+                let kept = file.synced_len + rng.below(unsynced as u64 + 1) as usize;
+                file.data.truncate(kept);
+                if kept > file.synced_len && rng.below(4) == 0 {
+                    let at = file.synced_len + rng.below((kept - file.synced_len) as u64) as usize;
+                    file.data[at] ^= 1 + rng.below(255) as u8;
+                }
+            }
+            file.synced_len = file.data.len();
+            file.name_durable = true;
+            files.insert(path.clone(), file);
+        }
+        let image = SimState { files, dirs: state.dirs.clone(), ..SimState::default() };
+        SimFs { state: Arc::new(Mutex::new(image)) }
+    }
+
+    /// A file's current bytes, for tests that damage files.
+    pub fn file(&self, path: &Path) -> Option<Vec<u8>> {
+        self.state.lock().files.get(path).map(|f| f.data.clone())
+    }
+
+    /// Replaces a file's bytes (all synced), for tests that damage files.
+    pub fn set_file(&self, path: &Path, data: Vec<u8>) {
+        let synced_len = data.len();
+        self.state.lock().files.insert(path.to_path_buf(), SimFile { data, synced_len, name_durable: true });
+    }
+
+    /// The paths of every file.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.state.lock().files.keys().cloned().collect()
+    }
+}
+
+struct SimAppendFile {
+    state: Arc<Mutex<SimState>>,
+    path: PathBuf,
+}
+
+fn not_found(path: &Path) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+}
+
+impl AppendFile for SimAppendFile {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut state = self.state.lock();
+        let result = state.op();
+        let full = state.disk_full;
+        let file = state.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
+        let failure = match result {
+            Err(error) => Some(error),
+            Ok(()) if full => Some(io::Error::new(io::ErrorKind::StorageFull, "no space left on device")),
+            Ok(()) => None,
+        };
+        if let Some(error) = failure {
+            // A failed write may still have written a prefix.
+            file.data.extend_from_slice(&bytes[..bytes.len() / 2]);
+            return Err(error);
+        }
+        file.data.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        let mut state = self.state.lock();
+        state.op()?;
+        let file = state.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
+        file.synced_len = file.data.len();
+        Ok(())
+    }
+}
+
+impl Fs for SimFs {
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        for ancestor in path.ancestors() {
+            state.dirs.insert(ancestor.to_path_buf());
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.state.lock();
+        if !state.dirs.contains(dir) {
+            return Err(not_found(dir));
+        }
+        Ok(state
+            .files
+            .keys()
+            .filter(|path| path.parent() == Some(dir))
+            .filter_map(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        self.state.lock().files.get(path).map(|f| f.data.clone()).ok_or_else(|| not_found(path))
+    }
+
+    fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        let mut state = self.state.lock();
+        state.op()?;
+        if state.files.contains_key(path) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
+        }
+        state.files.insert(path.to_path_buf(), SimFile::default());
+        Ok(Box::new(SimAppendFile { state: self.state.clone(), path: path.to_path_buf() }))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
+        if !self.state.lock().files.contains_key(path) {
+            return Err(not_found(path));
+        }
+        Ok(Box::new(SimAppendFile { state: self.state.clone(), path: path.to_path_buf() }))
+    }
+
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+        let mut state = self.state.lock();
+        state.op()?;
+        let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
+        file.data.truncate(len as usize);
+        file.synced_len = file.data.len();
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        state.op()?;
+        state.files.remove(path).map(|_| ()).ok_or_else(|| not_found(path))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        state.op()?;
+        for (path, file) in state.files.iter_mut() {
+            if path.parent() == Some(dir) {
+                file.name_durable = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A small deterministic generator: crash images must be reproducible from a seed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        if n == 0 {
+            0
+        } else {
+            self.0 % n
+        }
+    }
+}

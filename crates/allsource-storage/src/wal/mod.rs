@@ -1,0 +1,386 @@
+//! The write-ahead log: segment files of group-commit records. The format and the
+//! crash protocol are in `docs/storage-format.md`.
+
+pub(crate) mod format;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use allsource_core_types::{Error, Event, Position};
+use parking_lot::Mutex;
+
+use self::format::{HeaderError, RecordRead, SEGMENT_HEADER_BYTES};
+use crate::fs::{AppendFile, Fs, RealFs};
+use crate::{Log, LogInfo};
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// After `fdatasync` of the record holding it: survives `kill -9` and power loss.
+    #[default]
+    Always,
+    /// After the record is written to the OS: survives `kill -9`, not power loss.
+    None,
+}
+
+impl SyncMode {
+    /// The mode's name, as the command line spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Always => "always",
+            SyncMode::None => "none",
+        }
+    }
+}
+
+/// How a WAL is set up.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// When an append is acknowledged.
+    pub sync: SyncMode,
+    /// A segment that reaches this size is closed and a new one started.
+    pub segment_bytes_max: u64,
+}
+
+/// The default size at which a segment is closed: 64 MiB.
+pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig { sync: SyncMode::Always, segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT }
+    }
+}
+
+/// A write-ahead log in a directory of segment files.
+pub struct Wal {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    config: WalConfig,
+    state: Mutex<WalState>,
+    recovered: Mutex<Option<Vec<Event>>>,
+    stats: WalStats,
+    /// Held for the life of the WAL: the data directory's lock.
+    _lock: Option<std::fs::File>,
+}
+
+struct WalState {
+    /// The open segment, if any.
+    file: Option<Box<dyn AppendFile>>,
+    /// The bytes in the open segment.
+    segment_bytes: u64,
+    /// The position the next record must start at.
+    next_position: Position,
+    /// Set after a failed write or sync: the WAL refuses every write after it.
+    poisoned: Option<String>,
+    /// Reused encoding buffer.
+    buffer: Vec<u8>,
+}
+
+#[derive(Default)]
+struct WalStats {
+    bytes: AtomicU64,
+    segments: AtomicU64,
+    syncs: AtomicU64,
+    synced_events: AtomicU64,
+    last_sync_micros: AtomicU64,
+}
+
+/// What recovery found, for the start-up log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments read.
+    pub segments: u64,
+    /// Events recovered.
+    pub events: u64,
+    /// Bytes of the segments kept, after any cut.
+    pub bytes: u64,
+    /// Bytes of torn tail cut from the last segment (0 when clean).
+    pub bytes_cut: u64,
+}
+
+fn segment_name(first_position: Position) -> String {
+    format!("{first_position:020}.wal")
+}
+
+fn storage_error(message: String) -> Error {
+    Error::Storage { message, read_only: false }
+}
+
+impl Wal {
+    /// Opens the WAL of the data directory `data_dir` (created if missing) on the real
+    /// file system, holding the directory's lock file, and recovers it.
+    pub fn open_dir(data_dir: &Path, config: WalConfig) -> Result<(Wal, RecoveryReport), Error> {
+        let fs = RealFs;
+        fs.create_dir_all(data_dir).map_err(|e| {
+            storage_error(format!("cannot create data directory {}: {e}", data_dir.display()))
+        })?;
+        let lock = lock_data_dir(data_dir)?;
+        let (mut wal, report) = Wal::open(Arc::new(fs), &data_dir.join("wal"), config)?;
+        wal._lock = Some(lock);
+        wal.data_dir = Some(data_dir.to_path_buf());
+        Ok((wal, report))
+    }
+
+    /// Opens (creating if missing) the WAL in directory `dir` of `fs`, and recovers it:
+    /// reads every segment, cuts a torn tail, and refuses corruption anywhere else.
+    pub fn open(fs: Arc<dyn Fs>, dir: &Path, config: WalConfig) -> Result<(Wal, RecoveryReport), Error> {
+        fs.create_dir_all(dir)
+            .map_err(|e| storage_error(format!("cannot create WAL directory {}: {e}", dir.display())))?;
+        let (events, report, file, segment_bytes) = recover(fs.as_ref(), dir)?;
+        let next_position = events.last().map_or(1, |e| e.position + 1);
+        let stats = WalStats::default();
+        stats.segments.store(report.segments, Ordering::Relaxed);
+        stats.bytes.store(report.bytes, Ordering::Relaxed);
+        let wal = Wal {
+            fs,
+            dir: dir.to_path_buf(),
+            data_dir: None,
+            config,
+            state: Mutex::new(WalState {
+                file,
+                segment_bytes,
+                next_position,
+                poisoned: None,
+                buffer: Vec::new(),
+            }),
+            recovered: Mutex::new(Some(events)),
+            stats,
+            _lock: None,
+        };
+        Ok((wal, report))
+    }
+
+    /// Starts a new segment whose first event will be `first_position`: create, write
+    /// the header, sync the file, sync the directory.
+    fn rotate(&self, state: &mut WalState) -> Result<(), String> {
+        let path = self.dir.join(segment_name(state.next_position));
+        let mut file =
+            self.fs.create(&path).map_err(|e| format!("cannot create segment {}: {e}", path.display()))?;
+        let header = format::segment_header(state.next_position);
+        file.write_all(&header)
+            .map_err(|e| format!("cannot write segment header {}: {e}", path.display()))?;
+        file.sync_data().map_err(|e| format!("cannot sync segment {}: {e}", path.display()))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| format!("cannot sync directory {}: {e}", self.dir.display()))?;
+        state.file = Some(file);
+        state.segment_bytes = SEGMENT_HEADER_BYTES as u64;
+        self.stats.segments.fetch_add(1, Ordering::Relaxed);
+        self.stats.bytes.fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn write_record(&self, state: &mut WalState, events: &[Arc<Event>]) -> Result<(), String> {
+        if state.file.is_none() || state.segment_bytes >= self.config.segment_bytes_max {
+            self.rotate(state)?;
+        }
+        let mut buffer = std::mem::take(&mut state.buffer);
+        buffer.clear();
+        format::encode_record(events, &mut buffer)?;
+        let Some(file) = state.file.as_mut() else { return Err("no open segment".to_string()) };
+        let result =
+            file.write_all(&buffer).map_err(|e| format!("cannot write to the WAL: {e}")).and_then(|()| {
+                if self.config.sync == SyncMode::Always {
+                    let started = Instant::now();
+                    file.sync_data().map_err(|e| format!("cannot sync the WAL: {e}"))?;
+                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.stats.last_sync_micros.store(micros, Ordering::Relaxed);
+                    self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+                    self.stats.synced_events.fetch_add(events.len() as u64, Ordering::Relaxed);
+                }
+                Ok(())
+            });
+        state.segment_bytes += buffer.len() as u64;
+        self.stats.bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
+        state.buffer = buffer;
+        result
+    }
+}
+
+impl Log for Wal {
+    fn append(&self, events: &[Arc<Event>]) -> Result<(), Error> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(()) };
+        let mut state = self.state.lock();
+        if let Some(why) = &state.poisoned {
+            return Err(Error::Storage { message: why.clone(), read_only: true });
+        }
+        if first.position != state.next_position || last.position != first.position + events.len() as u64 - 1
+        {
+            return Err(Error::Internal(format!(
+                "WAL received positions {}..={} where {} was next",
+                first.position, last.position, state.next_position
+            )));
+        }
+        match self.write_record(&mut state, events) {
+            Ok(()) => {
+                state.next_position = last.position + 1;
+                Ok(())
+            }
+            Err(why) => {
+                // After a failed write or sync the file's state is unknown: refuse
+                // every later write, so that nothing is appended after torn bytes.
+                state.poisoned = Some(why.clone());
+                Err(Error::Storage { message: why, read_only: true })
+            }
+        }
+    }
+
+    fn recover(&self) -> Result<Vec<Event>, Error> {
+        Ok(self.recovered.lock().take().unwrap_or_default())
+    }
+
+    fn describe(&self) -> LogInfo {
+        let state = self.state.lock();
+        LogInfo {
+            kind: "wal",
+            durable: true,
+            last_position: state.next_position - 1,
+            data_dir: self.data_dir.as_ref().map(|d| d.display().to_string()),
+            sync: self.config.sync.as_str(),
+            wal_bytes: self.stats.bytes.load(Ordering::Relaxed),
+            segments: self.stats.segments.load(Ordering::Relaxed),
+            syncs: self.stats.syncs.load(Ordering::Relaxed),
+            synced_events: self.stats.synced_events.load(Ordering::Relaxed),
+            last_sync_micros: self.stats.last_sync_micros.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Takes the exclusive lock on `<data_dir>/LOCK`, or fails naming the directory.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
+    use std::io::Write;
+    let path = data_dir.join("LOCK");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| storage_error(format!("cannot open lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(storage_error(format!(
+                "data directory {} is in use by another process (lock file {} is held)",
+                data_dir.display(),
+                path.display()
+            )))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(storage_error(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
+    // The pid is for operators; the lock, not the file's content, is what counts.
+    let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
+    Ok(file)
+}
+
+/// The first positions of the segments of `dir`, sorted.
+fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Position>, Error> {
+    let names = fs.list(dir).map_err(|e| storage_error(format!("cannot list {}: {e}", dir.display())))?;
+    let mut segments = Vec::new();
+    for name in names {
+        let Some(stem) = name.strip_suffix(".wal") else { continue };
+        let first: Position = stem
+            .parse()
+            .map_err(|_| storage_error(format!("unexpected file {name} in {}", dir.display())))?;
+        segments.push(first);
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+type Recovered = (Vec<Event>, RecoveryReport, Option<Box<dyn AppendFile>>, u64);
+
+/// Reads every segment in order; see "Recovery" in `docs/storage-format.md`.
+fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
+    let segments = list_segments(fs, dir)?;
+    let mut events: Vec<Event> = Vec::new();
+    let mut report = RecoveryReport::default();
+    let mut open: Option<(PathBuf, u64)> = None;
+    let count = segments.len();
+    for (index, first) in segments.into_iter().enumerate() {
+        let is_last = index + 1 == count;
+        let path = dir.join(segment_name(first));
+        let bytes =
+            fs.read(&path).map_err(|e| storage_error(format!("cannot read {}: {e}", path.display())))?;
+        let corrupt = |offset: usize, why: &str| {
+            storage_error(format!(
+                "corrupt WAL segment {} at byte offset {offset}: {why}; refusing to start",
+                path.display()
+            ))
+        };
+        let expected = events.last().map_or(first, |e| e.position + 1);
+        match format::parse_segment_header(&bytes) {
+            Ok(named) if named == first && (events.is_empty() || named == expected) => {}
+            Ok(named) => {
+                return Err(corrupt(0, &format!("header names position {named}, expected {expected}")));
+            }
+            Err(error) => {
+                let why = match error {
+                    HeaderError::Short => "segment shorter than its header".to_string(),
+                    HeaderError::Bad(why) => why,
+                };
+                if is_last && format::valid_record_follows(&bytes).is_none() {
+                    // A crash during rotation: the segment never held a record.
+                    tracing::warn!(segment = %path.display(), %why, "removing an unfinished WAL segment");
+                    fs.remove(&path)
+                        .map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
+                    fs.sync_dir(dir)
+                        .map_err(|e| storage_error(format!("cannot sync {}: {e}", dir.display())))?;
+                    report.bytes_cut += bytes.len() as u64;
+                    continue;
+                }
+                return Err(corrupt(0, &why));
+            }
+        }
+        report.segments += 1;
+        let mut offset = SEGMENT_HEADER_BYTES;
+        let mut next = first;
+        loop {
+            match format::read_record(&bytes[offset..], next) {
+                RecordRead::Record { len, events: mut decoded } => {
+                    next += decoded.len() as Position;
+                    events.append(&mut decoded);
+                    offset += len;
+                }
+                RecordRead::End => break,
+                RecordRead::Corrupt(why) => return Err(corrupt(offset, &why)),
+                RecordRead::Invalid(why) => {
+                    if !is_last || format::valid_record_follows(&bytes[offset + 1..]).is_some() {
+                        return Err(corrupt(offset, &why));
+                    }
+                    let cut = bytes.len() - offset;
+                    tracing::warn!(
+                        segment = %path.display(),
+                        offset,
+                        bytes_cut = cut,
+                        %why,
+                        "cutting a torn tail from the WAL: the record was never acknowledged"
+                    );
+                    fs.truncate(&path, offset as u64)
+                        .map_err(|e| storage_error(format!("cannot truncate {}: {e}", path.display())))?;
+                    report.bytes_cut += cut as u64;
+                    break;
+                }
+            }
+        }
+        report.bytes += offset as u64;
+        if is_last {
+            open = Some((path, offset as u64));
+        }
+    }
+    report.events = events.len() as u64;
+    let (file, segment_bytes) = match open {
+        Some((path, size)) => {
+            let file = fs
+                .open_append(&path)
+                .map_err(|e| storage_error(format!("cannot open {}: {e}", path.display())))?;
+            (Some(file), size)
+        }
+        None => (None, 0),
+    };
+    Ok((events, report, file, segment_bytes))
+}
