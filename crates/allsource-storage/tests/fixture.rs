@@ -1,0 +1,59 @@
+//! Formats are forever: the committed fixture data directories open, and recover
+//! exactly the events that were written into them.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+
+use allsource_core_types::Event;
+use allsource_storage::{Log, SyncMode, Wal, WalConfig};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn fixture(version: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(version)
+}
+
+#[test]
+fn format_v1_fixture_opens_and_recovers_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("v1"), dir.path());
+    let (wal, report) = Wal::open_dir(dir.path(), WalConfig::default()).unwrap();
+    let expected: Vec<Event> =
+        common::fixture::fixture_groups().into_iter().flatten().map(|e| (*e).clone()).collect();
+    assert_eq!(report.bytes_cut, 0);
+    assert_eq!(report.segments, 2);
+    assert_eq!(wal.recover().unwrap(), expected);
+}
+
+#[test]
+fn the_writer_still_writes_format_v1_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = WalConfig { sync: SyncMode::None, segment_bytes_max: 600 };
+    let (wal, _) = Wal::open_dir(dir.path(), config).unwrap();
+    for group in common::fixture::fixture_groups() {
+        wal.append(&group).unwrap();
+    }
+    drop(wal);
+    for name in ["00000000000000000001.wal", "00000000000000000005.wal"] {
+        let written = std::fs::read(dir.path().join("wal").join(name)).unwrap();
+        let committed = std::fs::read(fixture("v1").join("wal").join(name)).unwrap();
+        assert!(
+            written == committed,
+            "{name} differs from the v1 fixture: a format change needs a new version"
+        );
+    }
+}
