@@ -1,0 +1,47 @@
+//! An entity's state: rebuilt by replaying its 100 events, against read from the
+//! snapshot projection.
+//!
+//! The store holds 100,000 events: the `i`th of entity `i % 1,000` (100 events each,
+//! spread over the log) with the small payload `{"name":"Alice","n":i}`. Targets: a
+//! replay under 1 ms (the seed's) and under 100 µs (this issue's); a snapshot read
+//! under 5 µs (this issue's).
+
+#![allow(clippy::expect_used, reason = "a bench whose engine call fails must stop loudly")]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use allsource_benches::{entity_id, filled_store, StoreShape};
+use criterion::{criterion_group, criterion_main, Criterion};
+
+const SHAPE: StoreShape = StoreShape { n_events: 100_000, n_entities: 1_000, n_event_types: 10 };
+
+fn state(c: &mut Criterion) {
+    let store = filled_store(SHAPE);
+    let events_per_entity = SHAPE.events_per_entity();
+    let entity = entity_id(421);
+    // Setup check: replay and snapshot agree, at the entity's last version.
+    let replayed = store.reconstruct_state(&entity, None).expect("the entity has events");
+    let snapshot = store.snapshot(&entity).expect("the entity has a snapshot");
+    assert_eq!(replayed, snapshot);
+    assert_eq!(replayed.version, events_per_entity);
+
+    let mut group = c.benchmark_group("state");
+    group.bench_function(format!("replay/{events_per_entity}_events"), |b| {
+        b.iter(|| black_box(store.reconstruct_state(&entity, None).expect("replay succeeds")))
+    });
+    group.bench_function(format!("snapshot/{events_per_entity}_events"), |b| {
+        b.iter(|| black_box(store.snapshot(&entity).expect("snapshot succeeds")))
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = state
+}
+criterion_main!(benches);
