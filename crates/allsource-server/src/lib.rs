@@ -1,1 +1,41 @@
+//! The HTTP/JSON server of AllSource: the axum API over an [`EventStore`], its
+//! configuration, and (in `main.rs`) the `allsource` binary.
+//!
+//! [`app`] builds the whole API as a [`Router`](axum::Router); tests drive it without
+//! a socket:
+//!
+//! ```
+//! use std::sync::Arc;
+//!
+//! use allsource_core::EventStore;
+//! use axum::body::Body;
+//! use axum::http::{Request, StatusCode};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let app = allsource_server::app(Arc::new(EventStore::new()));
+//! let request = Request::post("/api/v1/events")
+//!     .header("content-type", "application/json")
+//!     .body(Body::from(r#"{"event_type": "user.created", "entity_id": "user-1", "payload": {}}"#))
+//!     .unwrap();
+//! let response = app.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::CREATED);
+//! # }
+//! ```
+//!
+//! The modules: [`config`] (flags and environment), [`error`] (every failure as the
+//! contract's JSON error), `extract` (bodies, paths and query strings into the
+//! engine's types), `handlers` (thin: extract, call the engine, map the result) and
+//! `routes` (the router and its layers).
 
+pub mod config;
+pub mod error;
+mod extract;
+mod handlers;
+mod routes;
+
+pub use allsource_core::EventStore;
+pub use config::Config;
+pub use error::AppError;
+pub use routes::app;

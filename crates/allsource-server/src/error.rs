@@ -1,0 +1,175 @@
+//! [`AppError`]: every way a request can fail, as the contract's JSON error body.
+//!
+//! Every error response of the server, from a handler, an extractor, the router's
+//! fallbacks or the panic catcher, is built here, so they all share one shape:
+//! `{"error": {"code": "...", "message": "..."}}` with the contract's status.
+
+use allsource_core::{Error, Uuid, Version};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+/// A failed request: an engine [`Error`], or one of the few failures that only HTTP
+/// knows (unknown route, wrong method, wrong content type).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppError {
+    /// An error of the engine or of input validation at the edge; its code and status
+    /// are the engine's ([`Error::code`], [`Error::status`]).
+    Store(Error),
+    /// `404 NotFound`: no such route, projection or projection key.
+    NotFound(String),
+    /// `405 MethodNotAllowed`: the route exists, the method does not.
+    MethodNotAllowed(String),
+    /// `415 UnsupportedMediaType`: a body without an accepted `Content-Type`.
+    UnsupportedMediaType(String),
+}
+
+impl AppError {
+    /// The HTTP status of the response.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Store(error) => {
+                StatusCode::from_u16(error.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        }
+    }
+
+    /// The contract's error code, e.g. `"EntityNotFound"`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Store(error) => error.code(),
+            AppError::NotFound(_) => "NotFound",
+            AppError::MethodNotAllowed(_) => "MethodNotAllowed",
+            AppError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+        }
+    }
+
+    /// The response body. Internal details never reach the client: they are logged
+    /// here, once, inside the request's span.
+    fn body(&self) -> ErrorBody {
+        let message = match self {
+            AppError::Store(Error::Internal(detail)) => {
+                tracing::error!(%detail, "internal error");
+                "internal server error; the details are in the server's log".to_string()
+            }
+            AppError::Store(error @ Error::Storage { .. }) => {
+                tracing::error!(%error, "storage error");
+                error.to_string()
+            }
+            other => other.to_string(),
+        };
+        let mut detail = ErrorDetail { code: self.code(), message, ..ErrorDetail::default() };
+        match self {
+            AppError::Store(Error::ConcurrencyConflict { expected_version, current_version, .. }) => {
+                detail.expected_version = Some(*expected_version);
+                detail.current_version = Some(*current_version);
+            }
+            AppError::Store(Error::DuplicateEventId { id, .. }) => detail.id = Some(*id),
+            AppError::Store(Error::Storage { read_only, .. }) => detail.read_only = Some(*read_only),
+            _ => {}
+        }
+        ErrorBody { error: detail }
+    }
+}
+
+/// `{"error": {...}}`
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// The `error` object: code and message always, the rest where the error has them.
+#[derive(Debug, Default, Serialize)]
+struct ErrorDetail {
+    code: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_version: Option<Version>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    current_version: Option<Version>,
+    /// The event id a `DuplicateEventId` is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Uuid>,
+    /// For a `StorageError`: whether the store now refuses writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_only: Option<bool>,
+}
+
+impl From<Error> for AppError {
+    fn from(error: Error) -> Self {
+        AppError::Store(error)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.body())).into_response()
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Store(error) => write!(f, "{error}"),
+            AppError::NotFound(message)
+            | AppError::MethodNotAllowed(message)
+            | AppError::UnsupportedMediaType(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for AppError {}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn check(error: AppError, status: u16, code: &str) -> Value {
+        assert_eq!(error.status().as_u16(), status, "{error:?}");
+        assert_eq!(error.code(), code, "{error:?}");
+        let body = serde_json::to_value(error.body()).unwrap();
+        assert_eq!(body["error"]["code"], code);
+        assert!(body["error"]["message"].is_string(), "{body}");
+        body
+    }
+
+    #[test]
+    fn statuses_and_codes() {
+        check(AppError::NotFound("x".into()), 404, "NotFound");
+        check(AppError::MethodNotAllowed("x".into()), 405, "MethodNotAllowed");
+        check(AppError::UnsupportedMediaType("x".into()), 415, "UnsupportedMediaType");
+        check(Error::Validation("x".into()).into(), 400, "ValidationError");
+        check(Error::Storage { message: "x".into(), read_only: true }.into(), 503, "StorageError");
+        check(Error::Storage { message: "x".into(), read_only: false }.into(), 500, "StorageError");
+        let body = check(
+            Error::DuplicateEventId { id: Uuid::nil(), message: "x".into() }.into(),
+            409,
+            "DuplicateEventId",
+        );
+        assert_eq!(body["error"]["id"], Uuid::nil().to_string());
+    }
+
+    #[test]
+    fn conflict_carries_versions() {
+        let error =
+            Error::ConcurrencyConflict { expected_version: 3, current_version: 5, message: "m".into() };
+        let text = serde_json::to_string(&AppError::from(error.clone()).body()).unwrap();
+        assert!(text.starts_with(r#"{"error":{"code":"ConcurrencyConflict","message":"m","#), "{text}");
+        let body = check(error.into(), 409, "ConcurrencyConflict");
+        assert_eq!(body["error"]["expected_version"], 3);
+        assert_eq!(body["error"]["current_version"], 5);
+        assert_eq!(body["error"]["message"], "m");
+    }
+
+    #[test]
+    fn internal_details_stay_in_the_log() {
+        let body = check(Error::Internal("secret detail".into()).into(), 500, "InternalError");
+        assert!(!body.to_string().contains("secret detail"), "{body}");
+    }
+}

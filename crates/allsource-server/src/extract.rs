@@ -1,0 +1,475 @@
+//! Extractors: turn the parts of a request into the engine's input types, and every
+//! rejection into an [`AppError`] with the contract's JSON body.
+//!
+//! axum's own extractors answer a bad request with a plain-text body; these wrap them
+//! (or replace them) so that a bad body, path or query string gets our error shape.
+//! Only parsing happens here: the rules an event or a query must obey are checked by
+//! the engine (`allsource-core-types`), once.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use allsource_core::limits::REQUEST_BYTES_MAX;
+use allsource_core::{Error, NewEvent, QueryEventsRequest, Timestamp, Uuid};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::AppError;
+
+/// The body of `POST /api/v1/events`: one event, as `application/json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventBody(pub NewEvent);
+
+impl<S: Send + Sync> FromRequest<S> for EventBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, AppError> {
+        let format = body_format(req.headers(), false)?;
+        debug_assert_eq!(format, BodyFormat::Json);
+        let bytes = read_body(req).await?;
+        let event = parse_event(&bytes)
+            .map_err(|e| Error::InvalidEvent(format!("the body is not a valid event: {e}")))?;
+        Ok(EventBody(event))
+    }
+}
+
+/// The body of `POST /api/v1/events/batch`: `{"events": [...]}` as `application/json`,
+/// or one event per line as `application/x-ndjson` (blank lines are skipped).
+///
+/// A malformed item fails the whole batch with a message that names the item's index
+/// (counted from 0, blank lines not counted). The number of items is checked by the
+/// engine, not here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchBody(pub Vec<NewEvent>);
+
+impl<S: Send + Sync> FromRequest<S> for BatchBody {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, AppError> {
+        let format = body_format(req.headers(), true)?;
+        let bytes = read_body(req).await?;
+        let events = match format {
+            BodyFormat::Json => parse_json_batch(&bytes)?,
+            BodyFormat::Ndjson => parse_ndjson_batch(&bytes)?,
+        };
+        Ok(BatchBody(events))
+    }
+}
+
+/// Path parameters, percent-decoded (`order%2F7` is `order/7`), with our error shape
+/// when they cannot be decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(PathParams(value)),
+            // A 5xx rejection means the route and the extractor disagree: our bug.
+            Err(rejection) if rejection.status().is_server_error() => {
+                Err(Error::Internal(format!("path extraction failed: {}", rejection.body_text())).into())
+            }
+            Err(rejection) => {
+                Err(Error::Validation(format!("bad path parameter: {}", rejection.body_text())).into())
+            }
+        }
+    }
+}
+
+/// The `{id}` of `GET /api/v1/events/{id}`: a UUID in any of its usual spellings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventIdParam(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for EventIdParam {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let PathParams(text) = PathParams::<String>::from_request_parts(parts, state).await?;
+        Uuid::try_parse(&text)
+            .map(EventIdParam)
+            .map_err(|e| Error::Validation(format!("event id {text:?} is not a UUID: {e}")).into())
+    }
+}
+
+/// The query string of `GET /api/v1/events/query`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventsQuery(pub QueryEventsRequest);
+
+impl<S: Send + Sync> FromRequestParts<S> for EventsQuery {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let mut params = QueryParams::from_request_parts(parts, state).await?;
+        let request = QueryEventsRequest {
+            entity_id: params.take("entity_id")?,
+            event_type: params.take("event_type")?,
+            since: params.take("since")?.map(|v| parse_timestamp("since", &v, Bound::Lower)).transpose()?,
+            until: params.take("until")?.map(|v| parse_timestamp("until", &v, Bound::Upper)).transpose()?,
+            as_of: params.take("as_of")?.map(|v| parse_timestamp("as_of", &v, Bound::Upper)).transpose()?,
+            after: params
+                .take("after")?
+                .map(|v| parse_number("after", &v, "a position (an integer >= 0)"))
+                .transpose()?,
+            limit: params
+                .take("limit")?
+                .map(|v| parse_number("limit", &v, "an integer in 1..=10000"))
+                .transpose()?,
+        };
+        params.finish()?;
+        Ok(EventsQuery(request))
+    }
+}
+
+/// The query string of `GET /api/v1/entities/{entity_id}/state`: an optional `as_of`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsOfQuery(pub Option<Timestamp>);
+
+impl<S: Send + Sync> FromRequestParts<S> for AsOfQuery {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let mut params = QueryParams::from_request_parts(parts, state).await?;
+        let as_of = params.take("as_of")?.map(|v| parse_timestamp("as_of", &v, Bound::Upper)).transpose()?;
+        params.finish()?;
+        Ok(AsOfQuery(as_of))
+    }
+}
+
+/// An empty query string, for endpoints that take no parameters: a parameter there is
+/// a mistake (say, `as_of` on a snapshot), not something to ignore silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        QueryParams::from_request_parts(parts, state).await?.finish()?;
+        Ok(NoQuery)
+    }
+}
+
+/// The decoded `name=value` pairs of a query string, taken one name at a time; what is
+/// left at the end is an unknown parameter.
+struct QueryParams {
+    params: HashMap<String, Vec<String>>,
+    taken: Vec<&'static str>,
+}
+
+impl QueryParams {
+    async fn from_request_parts<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| Error::Validation(format!("bad query string: {}", rejection.body_text())))?;
+        let mut params: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, value) in pairs {
+            params.entry(name).or_default().push(value);
+        }
+        Ok(QueryParams { params, taken: Vec::new() })
+    }
+
+    /// The value of parameter `name`, if given; given twice is an error.
+    fn take(&mut self, name: &'static str) -> Result<Option<String>, AppError> {
+        self.taken.push(name);
+        let Some(mut values) = self.params.remove(name) else { return Ok(None) };
+        if values.len() > 1 {
+            return Err(Error::Validation(format!("query parameter '{name}' is given more than once")).into());
+        }
+        Ok(values.pop())
+    }
+
+    /// Fails on the first parameter nobody took.
+    fn finish(self) -> Result<(), AppError> {
+        let mut unknown: Vec<&String> = self.params.keys().collect();
+        unknown.sort();
+        let Some(name) = unknown.first() else { return Ok(()) };
+        let expected = if self.taken.is_empty() {
+            "this endpoint takes no query parameters".to_string()
+        } else {
+            format!("expected one of: {}", self.taken.join(", "))
+        };
+        Err(Error::Validation(format!("unknown query parameter '{name}' ({expected})")).into())
+    }
+}
+
+/// Which end of a time range a timestamp bounds: it decides how a time finer than a
+/// microsecond rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    Lower,
+    Upper,
+}
+
+fn parse_timestamp(name: &str, text: &str, bound: Bound) -> Result<Timestamp, AppError> {
+    let parse = |text: &str| match bound {
+        Bound::Lower => Timestamp::parse_lower_bound(text),
+        Bound::Upper => Timestamp::parse_upper_bound(text),
+    };
+    let error = match parse(text) {
+        Ok(timestamp) => return Ok(timestamp),
+        Err(error) => error,
+    };
+    // A `+` of an offset that was not percent-encoded arrives as a space (form
+    // encoding); take it back rather than make every shell user encode it.
+    if text.contains(' ') {
+        if let Ok(timestamp) = parse(&text.replace(' ', "+")) {
+            return Ok(timestamp);
+        }
+    }
+    Err(Error::Validation(format!("query parameter '{name}': {error}")).into())
+}
+
+fn parse_number<T: std::str::FromStr>(name: &str, text: &str, expected: &str) -> Result<T, AppError> {
+    text.parse::<T>().map_err(|_| {
+        Error::Validation(format!("query parameter '{name}' must be {expected}, got {text:?}")).into()
+    })
+}
+
+/// The formats a request body may come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyFormat {
+    /// `application/json` (or `application/*+json`), UTF-8.
+    Json,
+    /// `application/x-ndjson` (or `application/ndjson`): one JSON value per line.
+    Ndjson,
+}
+
+/// The body's format from its `Content-Type`; anything else is `415`.
+fn body_format(headers: &HeaderMap, ndjson_allowed: bool) -> Result<BodyFormat, AppError> {
+    let accepted =
+        if ndjson_allowed { "application/json or application/x-ndjson" } else { "application/json" };
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Err(AppError::UnsupportedMediaType(format!(
+            "the request has no Content-Type; send the body as {accepted}"
+        )));
+    };
+    let unsupported = || {
+        AppError::UnsupportedMediaType(format!(
+            "Content-Type {:?} is not supported here; send the body as {accepted} (UTF-8)",
+            String::from_utf8_lossy(value.as_bytes())
+        ))
+    };
+    let text = value.to_str().map_err(|_| unsupported())?;
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    for param in parts {
+        let Some((name, value)) = param.split_once('=') else { continue };
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let charset = value.trim().trim_matches('"');
+            if !charset.eq_ignore_ascii_case("utf-8") && !charset.eq_ignore_ascii_case("utf8") {
+                return Err(unsupported());
+            }
+        }
+    }
+    let is_json =
+        essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let is_ndjson = essence == "application/x-ndjson" || essence == "application/ndjson";
+    match (is_json, is_ndjson && ndjson_allowed) {
+        (true, _) => Ok(BodyFormat::Json),
+        (false, true) => Ok(BodyFormat::Ndjson),
+        (false, false) => Err(unsupported()),
+    }
+}
+
+/// The whole body, at most [`REQUEST_BYTES_MAX`]. A declared length over the limit is
+/// refused before anything is kept.
+///
+/// A body over the limit is still read and thrown away, up to
+/// [`DISCARD_BYTES_MAX`] and for at most [`DISCARD_TIME_MAX`], before the `413` goes
+/// out: a server that closes a connection with unread input makes the kernel reset
+/// it, and a client still sending its body then sees a reset instead of our answer.
+/// A client that sent `Expect: 100-continue` has not sent the body, so nothing is
+/// read.
+async fn read_body(req: Request) -> Result<Bytes, AppError> {
+    let expects_continue =
+        req.headers().get(EXPECT).is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = declared_length(req.headers());
+    let mut body = req.into_body();
+    let too_large = |message: String| AppError::from(Error::PayloadTooLarge(message));
+    if let Some(length) = declared {
+        if length > REQUEST_BYTES_MAX as u64 {
+            if !expects_continue && length <= DISCARD_BYTES_MAX as u64 {
+                discard(&mut body, DISCARD_BYTES_MAX).await;
+            }
+            return Err(too_large(format!(
+                "the request body is {length} bytes, over the limit of {REQUEST_BYTES_MAX}"
+            )));
+        }
+    }
+    // A declared length is a hint, not a promise: do not reserve much on its word.
+    let capacity = declared.map_or(0, |length| length.min(1 << 20) as usize);
+    let mut bytes = Vec::with_capacity(capacity);
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame =
+            frame.map_err(|e| Error::InvalidEvent(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if bytes.len() + data.len() > REQUEST_BYTES_MAX {
+            discard(&mut body, DISCARD_BYTES_MAX.saturating_sub(bytes.len() + data.len())).await;
+            return Err(too_large(format!(
+                "the request body is over the limit of {REQUEST_BYTES_MAX} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// The most bytes of a too-large body read (and thrown away) before answering `413`.
+const DISCARD_BYTES_MAX: usize = 4 * REQUEST_BYTES_MAX;
+
+/// The longest time spent reading a too-large body before answering `413`.
+const DISCARD_TIME_MAX: Duration = Duration::from_secs(10);
+
+/// Reads and drops up to `bytes_max` bytes of `body`, for at most [`DISCARD_TIME_MAX`].
+async fn discard(body: &mut Body, bytes_max: usize) {
+    let drain = async {
+        let mut seen = 0usize;
+        while seen <= bytes_max {
+            match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |data| data.len()),
+                Some(Err(_)) | None => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DISCARD_TIME_MAX, drain).await;
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// One event from its JSON text, which must be an object: serde would also take the
+/// fields as an array (`["user.created", "user-1", {}]`), which is not an event.
+fn parse_event(text: &[u8]) -> Result<NewEvent, String> {
+    match text.trim_ascii_start().first() {
+        Some(b'{') => serde_json::from_slice::<NewEvent>(text).map_err(|e| e.to_string()),
+        Some(_) => match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
+            Ok(_) => Err("an event must be a JSON object".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        None => Err("the event is empty".to_string()),
+    }
+}
+
+/// `{"events": [...]}`: each item is kept as raw text by the first pass and parsed
+/// into an event by the second, so that no item is parsed twice and an error names
+/// its item.
+fn parse_json_batch(bytes: &[u8]) -> Result<Vec<NewEvent>, AppError> {
+    #[derive(Deserialize)]
+    struct RawBatch<'a> {
+        #[serde(borrow)]
+        events: Vec<&'a RawValue>,
+    }
+    let not_a_batch = |e: &dyn std::fmt::Display| {
+        AppError::from(Error::InvalidEvent(format!("the body is not a batch ({{\"events\": [...]}}): {e}")))
+    };
+    // An object only: serde would also take the fields as an array.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(not_a_batch(&"expected a JSON object"));
+    }
+    let batch = serde_json::from_slice::<RawBatch<'_>>(bytes).map_err(|e| not_a_batch(&e))?;
+    batch
+        .events
+        .iter()
+        .enumerate()
+        .map(|(index, raw)| {
+            parse_event(raw.get().as_bytes()).map_err(|e| {
+                Error::InvalidEvent(format!("batch item {index}: not a valid event: {e}")).into()
+            })
+        })
+        .collect()
+}
+
+/// One event per line; blank lines (only whitespace) are skipped and not counted.
+fn parse_ndjson_batch(bytes: &[u8]) -> Result<Vec<NewEvent>, AppError> {
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
+        .enumerate()
+        .map(|(index, (line_index, line))| {
+            parse_event(line).map_err(|e| {
+                let line_number = line_index + 1;
+                Error::InvalidEvent(format!(
+                    "batch item {index} (line {line_number}): not a valid event: {e}"
+                ))
+                .into()
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn format(content_type: Option<&str>, ndjson_allowed: bool) -> Option<BodyFormat> {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = content_type {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+        }
+        body_format(&headers, ndjson_allowed).ok()
+    }
+
+    #[test]
+    fn content_types() {
+        use BodyFormat::{Json, Ndjson};
+        assert_eq!(format(Some("application/json"), false), Some(Json));
+        assert_eq!(format(Some("application/json; charset=utf-8"), false), Some(Json));
+        assert_eq!(format(Some("Application/JSON;charset=\"UTF-8\""), false), Some(Json));
+        assert_eq!(format(Some("application/vnd.allsource+json"), false), Some(Json));
+        assert_eq!(format(Some("application/json; charset=latin1"), false), None);
+        assert_eq!(format(Some("text/plain"), false), None);
+        assert_eq!(format(Some("application/jsonx"), false), None);
+        assert_eq!(format(None, false), None);
+        assert_eq!(format(Some("application/x-ndjson"), false), None);
+        assert_eq!(format(Some("application/x-ndjson"), true), Some(Ndjson));
+        assert_eq!(format(Some("application/ndjson; charset=utf-8"), true), Some(Ndjson));
+        assert_eq!(format(Some("application/json"), true), Some(Json));
+    }
+
+    #[test]
+    fn ndjson_skips_blank_lines_and_counts_items() {
+        let body =
+            b"\n{\"event_type\":\"t\",\"entity_id\":\"e\",\"payload\":1}\r\n  \n{\"event_type\":\"t\"}\n";
+        let err = parse_ndjson_batch(body).unwrap_err().to_string();
+        assert!(err.starts_with("batch item 1 (line 4): "), "{err}");
+        let ok = parse_ndjson_batch(&body[..body.len() - 21]).unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(ok[0].payload, serde_json::json!(1));
+        assert!(parse_ndjson_batch(b"\n \n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn json_batch_errors_name_the_item() {
+        let err =
+            parse_json_batch(br#"{"events": [{"event_type":"t","entity_id":"e","payload":1}, {"x":1}]}"#)
+                .unwrap_err();
+        assert_eq!(err.code(), "InvalidEvent");
+        assert!(err.to_string().starts_with("batch item 1: "), "{err}");
+        let err = parse_json_batch(br#"{"events": {}}"#).unwrap_err();
+        assert_eq!(err.code(), "InvalidEvent");
+        let err = parse_json_batch(br#"{"events": [}"#).unwrap_err();
+        assert_eq!(err.code(), "InvalidEvent");
+    }
+
+    #[test]
+    fn timestamps_name_the_parameter_and_forgive_unencoded_plus() {
+        let t = parse_timestamp("since", "2026-11-27T12:00:00 02:00", Bound::Lower).unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-11-27T10:00:00.000000Z");
+        let err = parse_timestamp("until", "yesterday", Bound::Upper).unwrap_err();
+        assert_eq!(err.code(), "ValidationError");
+        assert!(err.to_string().contains("'until'"), "{err}");
+    }
+}

@@ -1,0 +1,228 @@
+//! End-to-end tests: the real `allsource` binary on a free loopback port, spoken to
+//! over real HTTP/1.1 with a tiny blocking client. Every test's server is killed when
+//! the test ends (the `Server` guard), and every wait is bounded.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::process::{read_one_reply, request_bytes, send_raw, spawn, Server};
+use common::{assert_error, event, ok, scenarios, stats, Client, Req};
+use serde_json::json;
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+macro_rules! scenario_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                scenarios::$name(&Server::start());
+            }
+        )*
+    };
+}
+
+scenario_tests!(
+    health,
+    append_and_read_back,
+    round_trip_exactness,
+    routing_errors,
+    content_type_errors,
+    body_errors,
+    not_found_errors,
+    size_limits,
+    body_too_large,
+    declared_body_too_large,
+    query_validation,
+    paging,
+    as_of_state,
+    percent_encoded_entity_ids,
+    idempotent_retry,
+    batch_append,
+    batch_atomicity,
+    batch_expected_version,
+    ndjson_batch,
+    stats_and_projections,
+    optimistic_concurrency,
+);
+
+#[test]
+fn occ_race() {
+    scenarios::occ_race(&Server::start(), 8, 20);
+}
+
+#[test]
+fn concurrent_appenders() {
+    scenarios::concurrent_appenders(&Server::start(), 4, 100);
+}
+
+#[test]
+fn sigterm_exits_zero() {
+    let server = Server::start();
+    common::append(&server, &event("e", "t", json!({})));
+    server.signal("TERM");
+    server.wait_for_log(&["SIGTERM received"], EXIT_TIMEOUT);
+    let status = server.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn sigint_exits_zero() {
+    let server = Server::start();
+    server.signal("INT");
+    let status = server.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// A request whose body is still arriving when SIGTERM comes is finished and answered
+/// before the process exits.
+#[test]
+fn sigterm_finishes_the_request_in_flight() {
+    let server =
+        Server::launch(&["--addr", "127.0.0.1:0", "--in-memory"], &[("RUST_LOG", "info,tower_http=debug")]);
+    let mut stream = server.connect();
+    // A first, complete exchange on a kept-alive connection: the server has accepted it.
+    let warm_up = Req::get("/api/v1/stats").header("connection", "keep-alive");
+    stream.write_all(&request_bytes(server.addr, &warm_up)).unwrap();
+    assert_eq!(read_one_reply(&mut stream).unwrap().status, 200);
+
+    let body = serde_json::to_vec(&event("in-flight", "t", json!({"n": 1}))).unwrap();
+    let bytes = request_bytes(server.addr, &Req::post("/api/v1/events", Some("application/json"), body));
+    let (first, rest) = bytes.split_at(bytes.len() - 5);
+    stream.write_all(first).unwrap();
+    // The handler has the request (it is waiting for the rest of the body).
+    server.wait_for_log(&["uri=/api/v1/events ", "started processing request"], EXIT_TIMEOUT);
+    server.signal("TERM");
+    server.wait_for_log(&["SIGTERM received"], EXIT_TIMEOUT);
+    // The server stops accepting: from then on it is shutting down.
+    let refused = (0..1000).any(|_| {
+        let refused = std::net::TcpStream::connect(server.addr).is_err();
+        if !refused {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        refused
+    });
+    assert!(refused, "the server still accepts connections after SIGTERM");
+    stream.write_all(rest).unwrap();
+    let reply = common::process::read_reply(&mut stream).unwrap();
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(reply.json()["entity_id"], "in-flight");
+    let status = server.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+#[test]
+fn a_taken_port_is_a_clear_error_and_a_non_zero_exit() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut child = spawn(&["--addr", &addr, "--in-memory"], &[]);
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server kept running on a taken port");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(!status.success(), "{status:?}");
+    assert!(log.contains(&format!("could not listen on {addr}")), "{log}");
+    drop(taken);
+}
+
+#[test]
+fn help_lists_every_option() {
+    let output = Command::new(env!("CARGO_BIN_EXE_allsource")).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for needle in [
+        "--addr",
+        "ALLSOURCE_ADDR",
+        "127.0.0.1:8080",
+        "--data-dir",
+        "ALLSOURCE_DATA_DIR",
+        "./data",
+        "--in-memory",
+        "--help",
+        "--version",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    let output = Command::new(env!("CARGO_BIN_EXE_allsource")).arg("--version").output().unwrap();
+    assert!(String::from_utf8(output.stdout).unwrap().contains(env!("CARGO_PKG_VERSION")));
+    let output = Command::new(env!("CARGO_BIN_EXE_allsource")).arg("--no-such-flag").output().unwrap();
+    assert!(!output.status.success());
+}
+
+/// Until durable storage exists, start-up says loudly that events live in memory, and
+/// names the data directory that will be used.
+#[test]
+fn start_up_warns_that_events_are_in_memory_only() {
+    let dir = std::env::temp_dir().join("allsource-e2e-not-created");
+    let server = Server::start_with(&["--data-dir", dir.to_str().unwrap()]);
+    let log = server.startup_log.join("\n");
+    assert!(log.contains("WARN") && log.contains("in memory only"), "{log}");
+    assert!(log.contains(dir.to_str().unwrap()), "{log}");
+    assert!(!dir.exists(), "the data directory must not be created yet");
+    let server = Server::start_with(&["--in-memory"]);
+    let log = server.startup_log.join("\n");
+    assert!(log.contains("WARN") && log.contains("in memory only"), "{log}");
+}
+
+#[test]
+fn configuration_from_the_environment() {
+    let server = Server::launch(&[], &[("ALLSOURCE_ADDR", "127.0.0.1:0"), ("ALLSOURCE_IN_MEMORY", "true")]);
+    ok(&server, Req::get("/health"), 200);
+}
+
+/// Hostile or broken requests get an answer (or a closed connection) and the server
+/// goes on serving.
+#[test]
+fn hostile_requests_do_not_hurt_the_server() {
+    let server = Server::start();
+    let addr = server.addr;
+    for raw in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"\x00\x01\x02\x03\r\n\r\n",
+        b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",
+        b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ] {
+        if let Ok(reply) = send_raw(addr, raw) {
+            assert!((400..500).contains(&reply.status), "{raw:?}: {}", reply.status);
+        }
+    }
+    // A header that is not UTF-8.
+    let mut raw = b"POST /api/v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/\xffjson\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+    let reply = send_raw(addr, &raw).unwrap();
+    assert_error(&reply, 415, "UnsupportedMediaType", "non-UTF-8 content type");
+    // A client that goes away in the middle of a body: nothing is appended.
+    raw = request_bytes(addr, &Req::post_json("/api/v1/events", &event("gone", "t", json!({"x": 1}))));
+    let mut stream = server.connect();
+    stream.write_all(&raw[..raw.len() - 3]).unwrap();
+    drop(stream);
+    // A huge header block.
+    let huge = format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(1024 * 1024));
+    if let Ok(reply) = send_raw(addr, huge.as_bytes()) {
+        assert!(reply.status >= 400, "{}", reply.status);
+    }
+    // A body much larger than it says: only the declared bytes are the request.
+    let body = serde_json::to_vec(&event("ok", "t", json!({}))).unwrap();
+    let mut raw = request_bytes(addr, &Req::post("/api/v1/events", Some("application/json"), body));
+    raw.extend_from_slice(b"GARBAGE AFTER THE BODY");
+    assert_eq!(send_raw(addr, &raw).unwrap().status, 201);
+
+    ok(&server, Req::get("/health"), 200);
+    let s = stats(&server);
+    assert_eq!((s["total_events"].as_u64(), s["total_entities"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(server.send(Req::get("/api/v1/events/query?entity_id=gone")).json()["count"], 0);
+}
