@@ -54,7 +54,11 @@ impl Event {
 
 /// An event as a client proposes it: untrusted text and JSON, exactly the shape of the
 /// API's append body. Turn it into a [`ProposedEvent`] with `TryFrom` to validate it.
+///
+/// Unknown fields are rejected: a misspelt `expected_version` must not turn a
+/// conditional append into an unconditional one.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewEvent {
     /// What happened.
     pub event_type: String,
@@ -203,6 +207,18 @@ mod tests {
             ok.clone().with_metadata(json!({"k": "x".repeat(METADATA_BYTES_MAX)})),
             Some("PayloadTooLarge"),
         );
+    }
+
+    #[test]
+    fn unknown_and_mistyped_fields_are_rejected() {
+        let parse = |v: Value| serde_json::from_value::<NewEvent>(v);
+        assert!(parse(json!({"event_type": "t", "entity_id": "e", "payload": {}})).is_ok());
+        assert!(parse(json!({"event_type": "t", "entity_id": "e", "payload": {}, "expected_verison": 1}))
+            .is_err());
+        assert!(parse(json!({"event_type": "t", "entity_id": "e"})).is_err());
+        assert!(parse(json!({"event_type": 1, "entity_id": "e", "payload": {}})).is_err());
+        assert!(parse(json!({"event_type": "t", "entity_id": "e", "payload": {}, "expected_version": -1}))
+            .is_err());
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub use allsource_core_types::{
     limits, EntityId, Error, Event, EventType, NewEvent, Position, ProposedEvent, Query, QueryEventsRequest,
     Result, Timestamp, Version,
 };
-pub use allsource_storage::{Log, LogInfo, MemoryLog};
+pub use allsource_storage::{
+    Log, LogInfo, MemoryLog, RecoveryReport, SyncMode, Wal, WalConfig, SEGMENT_BYTES_MAX_DEFAULT,
+};
 pub use commit::Ticket;
 pub use store::{Appended, BatchAppended, EntityState, EventStore, QueryPage, Stats};
 

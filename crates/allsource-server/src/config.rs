@@ -25,8 +25,8 @@ pub struct Config {
     #[arg(long, env = "ALLSOURCE_ADDR", default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
     pub addr: String,
 
-    /// The directory that holds the event log. Durable storage is not implemented yet:
-    /// for now events are kept in memory only, whatever this says.
+    /// The directory that holds the event log (created if missing; one server per
+    /// directory, enforced by a lock file).
     #[arg(long, env = "ALLSOURCE_DATA_DIR", default_value = "./data", value_name = "DIR")]
     pub data_dir: PathBuf,
 
@@ -34,6 +34,31 @@ pub struct Config {
     /// process exits.
     #[arg(long, env = "ALLSOURCE_IN_MEMORY")]
     pub in_memory: bool,
+
+    /// When an append is acknowledged. `always`: after fdatasync of the write-ahead
+    /// log record that holds it (survives kill -9 and power loss). `none`: once the
+    /// record is written to the OS (survives kill -9 of the server, NOT a power loss
+    /// or OS crash).
+    #[arg(long, env = "ALLSOURCE_SYNC", value_enum, default_value_t = Sync::Always)]
+    pub sync: Sync,
+}
+
+/// When an append is acknowledged; see `--sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sync {
+    /// After fdatasync of the record holding the event.
+    Always,
+    /// After the record is written to the OS, before it is synced.
+    None,
+}
+
+impl From<Sync> for allsource_core::SyncMode {
+    fn from(sync: Sync) -> Self {
+        match sync {
+            Sync::Always => allsource_core::SyncMode::Always,
+            Sync::None => allsource_core::SyncMode::None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -48,6 +73,7 @@ mod tests {
         assert_eq!(config.addr, "127.0.0.1:8080");
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert!(!config.in_memory);
+        assert_eq!(config.sync, Sync::Always);
     }
 
     #[test]
@@ -58,6 +84,9 @@ mod tests {
         assert_eq!(config.addr, "0.0.0.0:9000");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/as"));
         assert!(Config::try_parse_from(["allsource", "--bogus"]).is_err());
+        let config = Config::try_parse_from(["allsource", "--sync", "none"]).unwrap();
+        assert_eq!(config.sync, Sync::None);
+        assert!(Config::try_parse_from(["allsource", "--sync", "sometimes"]).is_err());
     }
 
     #[test]

@@ -36,6 +36,6 @@ mod handlers;
 mod routes;
 
 pub use allsource_core::EventStore;
-pub use config::Config;
+pub use config::{Config, Sync};
 pub use error::AppError;
 pub use routes::app;

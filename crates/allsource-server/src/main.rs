@@ -3,9 +3,10 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use allsource_server::{app, Config, EventStore};
+use allsource_core::WalConfig;
+use allsource_server::{app, Config, EventStore, Sync};
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -23,19 +24,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
-    // Durable storage comes with the storage engine; until then every mode keeps the
-    // events in memory, and says so loudly.
-    if config.in_memory {
-        tracing::warn!("--in-memory: events are kept in memory only and are lost when the process exits");
-    } else {
-        tracing::warn!(
-            data_dir = %config.data_dir.display(),
-            "durable storage is not implemented yet: events are kept in memory only and are lost when \
-             the process exits; the data directory {} will be used once it is",
-            config.data_dir.display()
-        );
-    }
-    let store = Arc::new(EventStore::new());
+    let store = Arc::new(open_store(&config)?);
     let mut signals = ShutdownSignals::install()?;
 
     let listener = TcpListener::bind(&config.addr)
@@ -70,10 +59,39 @@ async fn main() -> anyhow::Result<()> {
         ),
     }
     // The server's handle on the store is gone with the server; dropping ours commits
-    // whatever is still queued (nothing, while the store is in memory only).
+    // whatever is still queued and stops the commit writer.
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the store the configuration asks for, recovering a data directory.
+fn open_store(config: &Config) -> anyhow::Result<EventStore> {
+    if config.in_memory {
+        tracing::warn!("--in-memory: events are kept in memory only and are lost when the process exits");
+        return Ok(EventStore::new());
+    }
+    let started = Instant::now();
+    let wal_config = WalConfig { sync: config.sync.into(), ..WalConfig::default() };
+    let (store, report) = EventStore::open_dir(&config.data_dir, wal_config)
+        .with_context(|| format!("could not open the data directory {}", config.data_dir.display()))?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        events = report.events,
+        segments = report.segments,
+        bytes_cut = report.bytes_cut,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        sync = ?config.sync,
+        "recovered {} events in {:.1} ms",
+        report.events,
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    if config.sync == Sync::None {
+        tracing::warn!(
+            "--sync none: appends are acknowledged before they are synced; a power loss can lose them"
+        );
+    }
+    Ok(store)
 }
 
 /// The signals that stop the server, listened for from start-up on: a signal that

@@ -10,8 +10,8 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::process::{read_one_reply, request_bytes, send_raw, spawn, Server};
-use common::{assert_error, event, ok, scenarios, stats, Client, Req};
+use common::process::{read_one_reply, request_bytes, send_raw, spawn, Server, STARTUP_TIMEOUT};
+use common::{all_events, append, append_batch, assert_error, event, ok, scenarios, stats, Client, Req};
 use serde_json::json;
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -163,16 +163,52 @@ fn help_lists_every_option() {
     assert!(!output.status.success());
 }
 
-/// Until durable storage exists, start-up says loudly that events live in memory, and
-/// names the data directory that will be used.
+/// With a data directory, events survive a restart with every field intact, start-up
+/// says how many it recovered, a second server cannot open the same directory, and
+/// `--in-memory` says loudly that nothing is kept.
 #[test]
-fn start_up_warns_that_events_are_in_memory_only() {
-    let dir = std::env::temp_dir().join("allsource-e2e-not-created");
-    let server = Server::start_with(&["--data-dir", dir.to_str().unwrap()]);
+fn data_directory_survives_restart_and_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap();
+    let server = Server::start_with(&["--data-dir", data]);
+    let first = append(&server, &event("order/7", "created", json!({"n": 1, "big": u64::MAX})));
+    let batch =
+        append_batch(&server, &[event("order/7", "paid", json!({"n": 2})), event("x", "t", json!(null))]);
+    assert_eq!(batch["count"], 2);
+    let before = all_events(&server);
+    let state = ok(&server, Req::get("/api/v1/entities/order%2F7/state"), 200);
+
+    // A second server on the same directory exits with a clear error and writes nothing.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_allsource"))
+        .args(["--addr", "127.0.0.1:0", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+
+    server.signal("TERM");
+    assert!(server.wait_exit(STARTUP_TIMEOUT).success());
+    drop(server);
+
+    let server = Server::start_with(&["--data-dir", data]);
     let log = server.startup_log.join("\n");
-    assert!(log.contains("WARN") && log.contains("in memory only"), "{log}");
-    assert!(log.contains(dir.to_str().unwrap()), "{log}");
-    assert!(!dir.exists(), "the data directory must not be created yet");
+    assert!(log.contains("recovered 3 events"), "{log}");
+    assert_eq!(all_events(&server), before);
+    assert_eq!(
+        ok(&server, Req::get(format!("/api/v1/events/{}", first["id"].as_str().unwrap())), 200),
+        first
+    );
+    assert_eq!(ok(&server, Req::get("/api/v1/entities/order%2F7/snapshot"), 200), state);
+    let stats = stats(&server);
+    assert_eq!((stats["total_events"].as_u64(), stats["total_ingested"].as_u64()), (Some(3), Some(0)));
+    assert_eq!(stats["storage"]["kind"], "wal");
+    assert_eq!(stats["storage"]["sync"], "always");
+    let next = append(&server, &event("order/7", "shipped", json!({})));
+    assert_eq!((next["position"].as_u64(), next["version"].as_u64()), (Some(4), Some(3)));
+    assert!(next["timestamp"].as_str().unwrap() >= before[2]["timestamp"].as_str().unwrap());
+
     let server = Server::start_with(&["--in-memory"]);
     let log = server.startup_log.join("\n");
     assert!(log.contains("WARN") && log.contains("in memory only"), "{log}");
