@@ -17,7 +17,13 @@ fn check_id(what: &str, value: &str) -> Result<(), Error> {
             value.len()
         )));
     }
-    if value.chars().any(char::is_control) {
+    // ASCII first: one vectorizable pass over bytes covers nearly every real id.
+    let has_control = if value.is_ascii() {
+        value.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        value.chars().any(char::is_control)
+    };
+    if has_control {
         return Err(Error::Validation(format!("{what} must not contain control characters")));
     }
     Ok(())

@@ -44,30 +44,37 @@ impl Completion {
 }
 
 /// A wait for the commit of everything up to a position.
-pub struct Ticket {
-    completion: Arc<Completion>,
+pub struct Ticket(TicketState);
+
+enum TicketState {
+    /// Known at once (an inline commit, or a failure): no allocation, no lock.
+    Ready(Option<Result<(), Error>>),
+    /// Completed later by the commit writer.
+    Waiting(Arc<Completion>),
 }
 
 impl Ticket {
     pub(crate) fn new(completion: Arc<Completion>) -> Ticket {
-        Ticket { completion }
+        Ticket(TicketState::Waiting(completion))
     }
 
     /// A ticket that is already complete.
     pub(crate) fn ready(result: Result<(), Error>) -> Ticket {
-        let completion = Arc::new(Completion::default());
-        completion.complete(result);
-        Ticket { completion }
+        Ticket(TicketState::Ready(Some(result)))
     }
 
     /// Blocks until the commit is done (or failed).
     pub fn wait(self) -> Result<(), Error> {
-        let mut state = self.completion.state.lock();
+        let completion = match self.0 {
+            TicketState::Ready(result) => return result.unwrap_or(Ok(())),
+            TicketState::Waiting(completion) => completion,
+        };
+        let mut state = completion.state.lock();
         loop {
             if let Some(result) = state.result.take() {
                 return result;
             }
-            self.completion.done.wait(&mut state);
+            completion.done.wait(&mut state);
         }
     }
 }
@@ -76,12 +83,17 @@ impl Future for Ticket {
     type Output = Result<(), Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.completion.state.lock();
-        match state.result.take() {
-            Some(result) => Poll::Ready(result),
-            None => {
-                state.waker = Some(cx.waker().clone());
-                Poll::Pending
+        match &mut self.get_mut().0 {
+            TicketState::Ready(result) => Poll::Ready(result.take().unwrap_or(Ok(()))),
+            TicketState::Waiting(completion) => {
+                let mut state = completion.state.lock();
+                match state.result.take() {
+                    Some(result) => Poll::Ready(result),
+                    None => {
+                        state.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
             }
         }
     }

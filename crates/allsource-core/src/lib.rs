@@ -28,6 +28,7 @@
 //! ```
 
 mod commit;
+mod ids;
 mod store;
 mod table;
 

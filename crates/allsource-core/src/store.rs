@@ -12,12 +12,14 @@ use allsource_core_types::{
 use allsource_index::{first_position_where, IdIndex, PositionIndex, PositionRange};
 use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
 use allsource_storage::{Log, LogInfo, MemoryLog, RecoveryReport, Wal, WalConfig};
+use foldhash::fast::RandomState;
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::commit::{Ticket, Waiters};
+use crate::ids::IdGenerator;
 use crate::table::EventTable;
 
 /// The result of appending one event.
@@ -88,7 +90,12 @@ struct Sequencer {
     /// The timestamp of the last event sequenced; the next is never earlier.
     last_timestamp: Timestamp,
     /// Each entity's current version, including events sequenced but not yet committed.
-    versions: HashMap<EntityId, Version>,
+    /// Its keys are also the interned entity ids: every event of an entity shares one.
+    versions: HashMap<EntityId, Version, RandomState>,
+    /// The interned event types.
+    event_types: HashSet<EventType, RandomState>,
+    /// Makes the ids of events that come without one.
+    ids: IdGenerator,
 }
 
 /// What the sequencer decided for one item of a batch.
@@ -285,7 +292,9 @@ impl Inner {
             sequencer: Mutex::new(Sequencer {
                 next_position: 1,
                 last_timestamp: Timestamp::MIN,
-                versions: HashMap::new(),
+                versions: HashMap::default(),
+                event_types: HashSet::default(),
+                ids: IdGenerator::new(),
             }),
             committed: AtomicU64::new(0),
             table: EventTable::default(),
@@ -333,6 +342,7 @@ impl Inner {
             sequencer.next_position += 1;
             sequencer.last_timestamp = event.timestamp;
             sequencer.versions.insert(event.entity_id.clone(), event.version);
+            sequencer.event_types.insert(event.event_type.clone());
             self.index(&event);
             self.publish(&event);
             last = event.position;
@@ -374,9 +384,9 @@ impl Inner {
             return Err(error);
         }
         let timestamp = Timestamp::now().max(sequencer.last_timestamp);
-        // Versions and ids taken by earlier items of this batch.
-        let mut batch_versions: HashMap<EntityId, Version> = HashMap::new();
-        let mut batch_ids: HashSet<Uuid> = HashSet::new();
+        // Versions and ids taken by earlier items of this batch (unused for one event).
+        let mut batch_versions: HashMap<EntityId, Version, RandomState> = HashMap::default();
+        let mut batch_ids: HashSet<Uuid, RandomState> = HashSet::default();
         let mut decisions = Vec::with_capacity(proposals.len());
         let mut new_events: Vec<Arc<Event>> = Vec::with_capacity(proposals.len());
         for (index, proposal) in proposals.into_iter().enumerate() {
@@ -390,7 +400,7 @@ impl Inner {
                         decisions.push(Decision::Existing(existing));
                         continue;
                     }
-                    if !batch_ids.insert(id) {
+                    if is_batch && !batch_ids.insert(id) {
                         return Err(item_error(
                             Error::DuplicateEventId {
                                 id,
@@ -401,12 +411,18 @@ impl Inner {
                     }
                     id
                 }
-                None => Uuid::now_v7(),
+                None => sequencer.ids.next(timestamp),
             };
-            let current = match batch_versions.get(&proposal.entity_id) {
-                Some(&version) => version,
-                None => sequencer.versions.get(&proposal.entity_id).copied().unwrap_or(0),
+            // Interning: the event shares the entity id and type already in use.
+            let (entity_id, stored_version) = match sequencer.versions.get_key_value(&proposal.entity_id) {
+                Some((entity_id, &version)) => (entity_id.clone(), version),
+                None => (proposal.entity_id, 0),
             };
+            let event_type = match sequencer.event_types.get(&proposal.event_type) {
+                Some(event_type) => event_type.clone(),
+                None => proposal.event_type,
+            };
+            let current = batch_versions.get(&entity_id).copied().unwrap_or(stored_version);
             if let Some(expected) = proposal.expected_version {
                 if expected != current {
                     return Err(item_error(
@@ -414,8 +430,7 @@ impl Inner {
                             expected_version: expected,
                             current_version: current,
                             message: format!(
-                                "entity '{}' is at version {current}, not the expected {expected}",
-                                proposal.entity_id
+                                "entity '{entity_id}' is at version {current}, not the expected {expected}"
                             ),
                         },
                         index,
@@ -423,11 +438,13 @@ impl Inner {
                 }
             }
             let version = current + 1;
-            batch_versions.insert(proposal.entity_id.clone(), version);
+            if is_batch {
+                batch_versions.insert(entity_id.clone(), version);
+            }
             let event = Arc::new(Event {
                 id,
-                event_type: proposal.event_type,
-                entity_id: proposal.entity_id,
+                event_type,
+                entity_id,
                 payload: proposal.payload,
                 metadata: proposal.metadata,
                 timestamp,
@@ -447,8 +464,11 @@ impl Inner {
         // the committed watermark passes it.
         sequencer.next_position += new_events.len() as Position;
         sequencer.last_timestamp = timestamp;
-        sequencer.versions.extend(batch_versions);
         for event in &new_events {
+            sequencer.versions.insert(event.entity_id.clone(), event.version);
+            if !sequencer.event_types.contains(&event.event_type) {
+                sequencer.event_types.insert(event.event_type.clone());
+            }
             self.index(event);
         }
         match &self.queue {

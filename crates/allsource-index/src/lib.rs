@@ -29,6 +29,10 @@ use allsource_core_types::Position;
 use dashmap::DashMap;
 use uuid::Uuid;
 
+/// The hasher of every index map: fast, and seeded at random per process, so that
+/// keys chosen by clients cannot be picked to collide.
+type RandomState = foldhash::fast::RandomState;
+
 /// An inclusive range of log positions, `first..=last`; empty when `first > last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PositionRange {
@@ -71,12 +75,12 @@ impl PositionRange {
 /// Per-key sorted lists of positions: the entity index and the event-type index.
 #[derive(Debug)]
 pub struct PositionIndex<K: Eq + Hash> {
-    lists: DashMap<K, Vec<Position>>,
+    lists: DashMap<K, Vec<Position>, RandomState>,
 }
 
 impl<K: Eq + Hash> Default for PositionIndex<K> {
     fn default() -> Self {
-        PositionIndex { lists: DashMap::new() }
+        PositionIndex { lists: DashMap::default() }
     }
 }
 
@@ -150,7 +154,7 @@ impl<K: Eq + Hash> PositionIndex<K> {
 /// Event id to log position.
 #[derive(Debug, Default)]
 pub struct IdIndex {
-    positions: DashMap<Uuid, Position>,
+    positions: DashMap<Uuid, Position, RandomState>,
 }
 
 impl IdIndex {

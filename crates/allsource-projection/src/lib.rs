@@ -98,7 +98,7 @@ impl Snapshot {
 /// Each entity's current state, as its events' payloads merged in order.
 #[derive(Debug, Default)]
 pub struct EntitySnapshots {
-    snapshots: DashMap<EntityId, Snapshot>,
+    snapshots: DashMap<EntityId, Snapshot, foldhash::fast::RandomState>,
 }
 
 impl EntitySnapshots {
@@ -149,7 +149,7 @@ impl Projection for EntitySnapshots {
 /// The number of events of each type.
 #[derive(Debug, Default)]
 pub struct EventCounters {
-    counts: DashMap<EventType, u64>,
+    counts: DashMap<EventType, u64, foldhash::fast::RandomState>,
 }
 
 impl EventCounters {
