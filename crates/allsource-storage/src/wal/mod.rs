@@ -114,9 +114,7 @@ impl Wal {
     /// file system, holding the directory's lock file, and recovers it.
     pub fn open_dir(data_dir: &Path, config: WalConfig) -> Result<(Wal, RecoveryReport), Error> {
         let fs = RealFs;
-        fs.create_dir_all(data_dir).map_err(|e| {
-            storage_error(format!("cannot create data directory {}: {e}", data_dir.display()))
-        })?;
+        create_dir_durably(&fs, data_dir)?;
         let lock = lock_data_dir(data_dir)?;
         let (mut wal, report) = Wal::open(Arc::new(fs), &data_dir.join("wal"), config)?;
         wal._lock = Some(lock);
@@ -127,8 +125,7 @@ impl Wal {
     /// Opens (creating if missing) the WAL in directory `dir` of `fs`, and recovers it:
     /// reads every segment, cuts a torn tail, and refuses corruption anywhere else.
     pub fn open(fs: Arc<dyn Fs>, dir: &Path, config: WalConfig) -> Result<(Wal, RecoveryReport), Error> {
-        fs.create_dir_all(dir)
-            .map_err(|e| storage_error(format!("cannot create WAL directory {}: {e}", dir.display())))?;
+        create_dir_durably(fs.as_ref(), dir)?;
         let (events, report, file, segment_bytes) = recover(fs.as_ref(), dir)?;
         let next_position = events.last().map_or(1, |e| e.position + 1);
         let stats = WalStats::default();
@@ -247,6 +244,22 @@ impl Log for Wal {
             last_sync_micros: self.stats.last_sync_micros.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Creates `dir` if missing, and makes its name durable: a directory entry is only
+/// safe from a power loss once its parent directory is synced.
+fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> Result<(), Error> {
+    if fs.list(dir).is_ok() {
+        return Ok(());
+    }
+    fs.create_dir_all(dir)
+        .map_err(|e| storage_error(format!("cannot create directory {}: {e}", dir.display())))?;
+    let parents = dir.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty());
+    for parent in parents {
+        fs.sync_dir(parent)
+            .map_err(|e| storage_error(format!("cannot sync directory {}: {e}", parent.display())))?;
+    }
+    Ok(())
 }
 
 /// Takes the exclusive lock on `<data_dir>/LOCK`, or fails naming the directory.
