@@ -188,6 +188,28 @@ fn a_flipped_bit_before_the_tail_refuses_to_start() {
 }
 
 #[test]
+fn a_version_gap_or_time_going_back_refuses_to_start_naming_the_record() {
+    for (name, damage) in [("version", 0), ("timestamp", 1)] {
+        let fs = SimFs::new();
+        let wal = open_sim(&fs, u64::MAX).unwrap();
+        wal.append(&events(1..=2)).unwrap();
+        let mut bad = (*event(3)).clone();
+        if damage == 0 {
+            bad.version = 2; // the entity's first event
+        } else {
+            bad.timestamp = Timestamp::from_micros(0);
+        }
+        wal.append(&[Arc::new(bad)]).unwrap();
+        wal.append(&events(4..=4)).unwrap();
+        drop(wal);
+        let error = open_sim(&fs, u64::MAX).err().unwrap_or_else(|| panic!("a {name} error was accepted"));
+        let message = error.to_string();
+        assert!(message.contains("corrupt WAL segment") && message.contains("byte offset"), "{message}");
+        assert!(message.contains(name), "{message}");
+    }
+}
+
+#[test]
 fn corruption_in_an_earlier_segment_refuses_to_start() {
     let fs = SimFs::new();
     let wal = open_sim(&fs, 1_500).unwrap();

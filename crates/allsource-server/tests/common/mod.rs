@@ -149,6 +149,25 @@ pub fn all_events(client: &impl Client) -> Vec<Value> {
     body["events"].as_array().unwrap().clone()
 }
 
+/// Every event matching the query parameters `filter` (`""` for all, else e.g.
+/// `"entity_id=x"`, already encoded), in position order, paging with `next_after`.
+pub fn all_events_paged(client: &impl Client, filter: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let target = format!("/api/v1/events/query?limit=1000&after={after}&{filter}");
+        let body = ok(client, Req::get(target), 200);
+        events.extend(body["events"].as_array().unwrap().iter().cloned());
+        match body["next_after"].as_u64() {
+            Some(next) => {
+                assert!(next > after, "next_after {next} does not move past {after}");
+                after = next;
+            }
+            None => return events,
+        }
+    }
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 pub fn encode(text: &str) -> String {
     let mut out = String::new();

@@ -41,7 +41,13 @@ impl Server {
     /// The server with exactly these flags and environment variables, which must make
     /// it listen on a loopback port.
     pub fn launch(args: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut child = spawn(args, envs);
+        Server::attach(spawn(args, envs))
+    }
+
+    /// Takes over a child that runs the server (directly, or through a wrapper that
+    /// `exec`s it) with stderr piped: waits for its "listening on" line and for
+    /// `GET /health`.
+    pub fn attach(mut child: Child) -> Server {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         // Drains the log for the whole life of the process, so it never blocks on a
@@ -200,6 +206,21 @@ pub fn request_bytes(addr: SocketAddr, req: &Req) -> Vec<u8> {
 
 fn try_send(addr: SocketAddr, req: &Req) -> std::io::Result<Reply> {
     send_raw(addr, &request_bytes(addr, req))
+}
+
+/// Sends `req` on a new connection and returns the reply only if it arrived whole (its
+/// body as long as its `Content-Length` says); a refused or reset connection or a reply
+/// cut short is an error, not a panic: for clients of a server that may be killed.
+pub fn try_send_whole(addr: SocketAddr, req: &Req) -> std::io::Result<Reply> {
+    let reply = try_send(addr, req)?;
+    match reply.header("content-length").map(|v| v.parse::<usize>()) {
+        Some(Ok(length)) if length == reply.body.len() => Ok(reply),
+        None if reply.header("transfer-encoding").is_some() => Ok(reply),
+        other => Err(std::io::Error::other(format!(
+            "reply cut short: content-length {other:?}, {} body bytes",
+            reply.body.len()
+        ))),
+    }
 }
 
 /// Sends raw bytes on a new connection and reads the reply until the server closes.

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use allsource_core_types::{Error, Event, Position};
+use std::collections::HashMap;
+
+use allsource_core_types::{EntityId, Error, Event, Position, Timestamp, Version};
 use parking_lot::Mutex;
 
 use self::format::{HeaderError, RecordRead, SEGMENT_HEADER_BYTES};
@@ -305,12 +307,44 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Position>, Error> {
     Ok(segments)
 }
 
+/// Checks what a record's checksums cannot: each entity's versions are gapless from 1
+/// and timestamps never decrease along the log.
+#[derive(Default)]
+struct SequenceChecker {
+    versions: HashMap<EntityId, Version>,
+    last_timestamp: Option<Timestamp>,
+}
+
+impl SequenceChecker {
+    fn check(&mut self, events: &[Event]) -> Result<(), String> {
+        for event in events {
+            if self.last_timestamp.is_some_and(|last| event.timestamp < last) {
+                return Err(format!("the timestamp of position {} goes back in time", event.position));
+            }
+            self.last_timestamp = Some(event.timestamp);
+            let version = self.versions.entry(event.entity_id.clone()).or_insert(0);
+            if event.version != *version + 1 {
+                return Err(format!(
+                    "position {} has version {} of entity '{}' where {} was expected",
+                    event.position,
+                    event.version,
+                    event.entity_id,
+                    *version + 1
+                ));
+            }
+            *version = event.version;
+        }
+        Ok(())
+    }
+}
+
 type Recovered = (Vec<Event>, RecoveryReport, Option<Box<dyn AppendFile>>, u64);
 
 /// Reads every segment in order; see "Recovery" in `docs/storage-format.md`.
 fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
     let segments = list_segments(fs, dir)?;
     let mut events: Vec<Event> = Vec::new();
+    let mut checker = SequenceChecker::default();
     let mut report = RecoveryReport::default();
     let mut open: Option<(PathBuf, u64)> = None;
     let count = segments.len();
@@ -355,6 +389,9 @@ fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
         loop {
             match format::read_record(&bytes[offset..], next) {
                 RecordRead::Record { len, events: mut decoded } => {
+                    if let Err(why) = checker.check(&decoded) {
+                        return Err(corrupt(offset, &why));
+                    }
                     next += decoded.len() as Position;
                     events.append(&mut decoded);
                     offset += len;
