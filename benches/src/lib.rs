@@ -1,10 +1,11 @@
 //! Shared helpers of the benchmark suites in `benches/benches/`: event builders and
 //! store builders, so that every suite measures the same shape of data.
 //!
-//! The suites run in-process over [`EventStore::new`] (the in-memory commit step), so
-//! they measure the engine itself: validation, the sequencer, the indexes and the
-//! projections, with no I/O. `cargo xtask bench` runs them and compares the results
-//! with the targets.
+//! The criterion suites run in-process over [`EventStore::new`] (the in-memory commit
+//! step), so they measure the engine itself: validation, the sequencer, the indexes and
+//! the projections, with no I/O. The `durable` bench (not criterion) drives the durable
+//! store on the real disk instead, and reports latency percentiles and fsyncs.
+//! `cargo xtask bench` runs them all and compares the results with the targets.
 //!
 //! The data is deliberately plain: small payloads (`{"name":"Alice","n":i}`, about 25
 //! bytes of JSON), entity ids like `entity-42`, and a handful of event types. Events of

@@ -7,6 +7,12 @@
 //! shared 2-core machine it is the estimate least moved by the odd descheduled sample.
 //! A benchmark with an elements throughput is reported in events per second
 //! (elements per iteration / median time), any other in microseconds per operation.
+//!
+//! The `durable` bench is not criterion: it is a fixed-duration load generator over the
+//! durable store that writes `<target dir>/durable-bench/results.json` (events per
+//! second, latency percentiles per call, fsyncs and events per fsync of each scenario,
+//! and the raw disk's fdatasync figures). Its rows get a table of their own, checked
+//! against the durable-ingestion targets (see [`durable_checks`]).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -104,39 +110,132 @@ impl BenchResult {
     }
 }
 
-/// `cargo xtask bench [--report] [ARGS..]`.
-pub fn run(args: &[String]) -> Result<()> {
-    let (report_only, cargo_args) = match args.split_first() {
-        Some((first, rest)) if first == "--report" => (true, rest),
-        _ => (false, args),
+/// The bench target that is not criterion.
+const DURABLE_BENCH: &str = "durable";
+
+/// What `cargo xtask bench` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Plan {
+    /// Only print the table from the results already saved.
+    Report,
+    /// The criterion suites, then the durable bench, each given `bench_args` (what
+    /// follows `--`: a filter, criterion's options).
+    All { bench_args: Vec<String> },
+    /// Only the durable bench, given `bench_args` (`--quick`, filters).
+    Durable { bench_args: Vec<String> },
+    /// `cargo bench -p allsource-benches ARGS..` as given (ARGS hold cargo options,
+    /// e.g. `--bench queries`), so every bench target it selects runs in cargo's order.
+    Cargo { cargo_args: Vec<String> },
+}
+
+fn plan(args: &[String]) -> Result<Plan> {
+    let after_dash = |rest: &[String]| -> Vec<String> {
+        match rest.split_first() {
+            Some((first, rest)) if first == "--" => rest.to_vec(),
+            _ => rest.to_vec(),
+        }
     };
-    if report_only && !cargo_args.is_empty() {
-        bail!("`cargo xtask bench --report` takes no other arguments, got {cargo_args:?}");
+    match args.split_first() {
+        Some((first, rest)) if first == "--report" => {
+            if !rest.is_empty() {
+                bail!("`cargo xtask bench --report` takes no other arguments, got {rest:?}");
+            }
+            Ok(Plan::Report)
+        }
+        Some((first, rest)) if first == DURABLE_BENCH => Ok(Plan::Durable { bench_args: after_dash(rest) }),
+        Some((first, rest)) if first == "--" => Ok(Plan::All { bench_args: rest.to_vec() }),
+        None => Ok(Plan::All { bench_args: Vec::new() }),
+        Some(_) => Ok(Plan::Cargo { cargo_args: args.to_vec() }),
     }
+}
+
+/// `cargo bench -p allsource-benches` with `targets` (`--bench NAME` each) and
+/// `bench_args` after `--`.
+fn bench_command(targets: &[String], bench_args: &[String]) -> Vec<String> {
+    let mut command = vec!["bench".to_string(), "-p".to_string(), "allsource-benches".to_string()];
+    for target in targets {
+        command.extend(["--bench".to_string(), target.clone()]);
+    }
+    if !bench_args.is_empty() {
+        command.push("--".to_string());
+        command.extend(bench_args.iter().cloned());
+    }
+    command
+}
+
+/// `cargo xtask bench [--report | durable [ARGS..] | ARGS..]`.
+pub fn run(args: &[String]) -> Result<()> {
+    let plan = plan(args)?;
     let started = SystemTime::now();
-    if !report_only {
-        let mut command = vec!["bench".to_string(), "-p".to_string(), "allsource-benches".to_string()];
-        command.extend(cargo_args.iter().cloned());
-        run_cargo(command)?;
+    let metadata = cargo_metadata()?;
+    match &plan {
+        Plan::Report => {}
+        Plan::All { bench_args } => {
+            let suites: Vec<String> =
+                bench_targets(&metadata).into_iter().filter(|name| name != DURABLE_BENCH).collect();
+            if suites.is_empty() {
+                bail!("allsource-benches has no criterion bench target");
+            }
+            run_cargo(bench_command(&suites, bench_args))?;
+            run_cargo(bench_command(&[DURABLE_BENCH.to_string()], bench_args))?;
+        }
+        Plan::Durable { bench_args } => run_cargo(bench_command(&[DURABLE_BENCH.to_string()], bench_args))?,
+        Plan::Cargo { cargo_args } => {
+            let mut command = bench_command(&[], &[]);
+            command.extend(cargo_args.iter().cloned());
+            run_cargo(command)?;
+        }
     }
-    let directory = criterion_directory()?;
+    let run_started = (plan != Plan::Report).then_some(started);
+
+    let target_dir = target_directory(&metadata)?;
+    let directory = criterion_directory(&target_dir);
     let results = read_results(&directory)?;
-    if results.is_empty() {
-        bail!("no criterion results under {}; run `cargo xtask bench` first", directory.display());
+    let durable_path = target_dir.join("durable-bench").join("results.json");
+    let durable = read_durable(&durable_path)?;
+    if results.is_empty() && durable.is_empty() {
+        bail!(
+            "no criterion results under {} and no {}; run `cargo xtask bench` first",
+            directory.display(),
+            durable_path.display()
+        );
     }
-    println!();
-    println!("Results from {} (median time per iteration):", directory.display());
-    println!();
-    print!("{}", table(&results, (!report_only).then_some(started)));
+    if !results.is_empty() {
+        println!();
+        println!("Results from {} (median time per iteration):", directory.display());
+        println!();
+        print!("{}", table(&results, run_started));
+    }
+    if !durable.is_empty() {
+        println!();
+        println!("Durable ingestion, --sync always, from {}:", durable_path.display());
+        println!();
+        print!("{}", durable_table(&durable, run_started));
+    }
     Ok(())
 }
 
+/// The bench targets of `allsource-benches`, in the order its Cargo.toml lists them.
+fn bench_targets(metadata: &Value) -> Vec<String> {
+    let Some(package) =
+        metadata["packages"].as_array().and_then(|p| p.iter().find(|p| p["name"] == "allsource-benches"))
+    else {
+        return Vec::new();
+    };
+    let Some(targets) = package["targets"].as_array() else { return Vec::new() };
+    targets
+        .iter()
+        .filter(|t| t["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|k| k == "bench")))
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Criterion's output folder: `$CRITERION_HOME`, else `<target dir>/criterion`.
-fn criterion_directory() -> Result<PathBuf> {
-    if let Some(home) = std::env::var_os("CRITERION_HOME") {
-        return Ok(PathBuf::from(home));
+fn criterion_directory(target_dir: &Path) -> PathBuf {
+    match std::env::var_os("CRITERION_HOME") {
+        Some(home) => PathBuf::from(home),
+        None => target_dir.join("criterion"),
     }
-    Ok(target_directory(&cargo_metadata()?)?.join("criterion"))
 }
 
 /// Every result under `directory`: each `new/benchmark.json` with its `new/estimates.json`.
@@ -255,9 +354,17 @@ fn table(results: &[BenchResult], run_started: Option<SystemTime>) -> String {
         }
     }
 
-    let mut widths = header.map(|h| h.chars().count());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
+    let mut out = render(&header, &rows);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{n_met} of {n_targets} targets met.");
+    out
+}
+
+/// Rows under a header, each column as wide as its widest cell, left-aligned.
+fn render<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row.as_ref()) {
             *width = (*width).max(cell.chars().count());
         }
     }
@@ -265,19 +372,288 @@ fn table(results: &[BenchResult], run_started: Option<SystemTime>) -> String {
     let mut line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell}{}", " ".repeat(width - cell.chars().count())))
+            .zip(&widths)
+            .map(|(cell, &width)| format!("{cell}{}", " ".repeat(width.saturating_sub(cell.chars().count()))))
             .collect();
         let _ = writeln!(out, "{}", padded.join("  ").trim_end());
     };
-    line(&header.map(String::from));
-    line(&widths.map(|w| "-".repeat(w)));
-    for row in &rows {
-        line(row);
+    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    line(&widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>());
+    for row in rows {
+        line(row.as_ref());
     }
-    let _ = writeln!(out);
-    let _ = writeln!(out, "{n_met} of {n_targets} targets met.");
     out
+}
+
+/// The durable bench's scenarios that the targets read.
+const DURABLE_1_WRITER: &str = "durable/single/1_writer";
+const DURABLE_64_WRITERS: &str = "durable/single/64_writers";
+const MEMORY_64_WRITERS: &str = "memory/single/64_writers";
+const DURABLE_BATCH_1000: &str = "durable/batch_1000/1_writer";
+const DISK_FDATASYNC: &str = "disk/fdatasync_100B";
+
+/// The share of the in-memory rate that 64 durable writers must reach.
+const DURABLE_SHARE_OF_MEMORY_MIN: f64 = 0.5;
+/// The rate durable 1,000-event batches must reach, in events per second.
+const DURABLE_BATCH_EVENTS_PER_SECOND_MIN: f64 = 5e5;
+/// One writer's durable append p99 may take this many of the disk's raw fdatasyncs.
+const DURABLE_P99_FSYNCS_MAX: f64 = 2.0;
+
+/// One scenario of the durable bench, as `results.json` holds it.
+#[derive(Debug, Clone, PartialEq)]
+struct DurableResult {
+    /// `durable/single/64_writers`, `disk/fdatasync_100B`, ...
+    name: String,
+    /// `durable`, `memory` or `disk`.
+    kind: String,
+    /// Measured by a `--quick` run: short windows, rough figures.
+    quick: bool,
+    /// When the scenario finished.
+    finished: Option<SystemTime>,
+    /// Calls per second: appends, or write+fdatasync pairs of the disk probes.
+    calls_per_second: f64,
+    /// Committed events per second (store scenarios).
+    events_per_second: Option<f64>,
+    /// Bytes written per second (the WAL's, or the disk probe's).
+    bytes_per_second: Option<f64>,
+    /// Latency per call, in microseconds.
+    p50_us: f64,
+    p99_us: f64,
+    /// fdatasync calls in the window, and events per fdatasync (durable scenarios).
+    syncs: Option<u64>,
+    events_per_sync: Option<f64>,
+}
+
+/// The durable bench's results at `path`; none when the file does not exist.
+fn read_durable(path: &Path) -> Result<Vec<DurableResult>> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    parse_durable(&read_json(path)?)
+        .with_context(|| format!("unexpected durable bench output in {}", path.display()))
+}
+
+fn parse_durable(results: &Value) -> Result<Vec<DurableResult>> {
+    if results["format"] != 1 {
+        bail!("format {} where 1 was expected", results["format"]);
+    }
+    let scenarios = results["scenarios"].as_array().context("no scenarios array")?;
+    scenarios
+        .iter()
+        .map(|s| {
+            let name = s["name"].as_str().context("a scenario has no name")?.to_string();
+            let number =
+                |field: &Value, what: &str| field.as_f64().with_context(|| format!("{name} has no {what}"));
+            Ok(DurableResult {
+                kind: s["kind"].as_str().with_context(|| format!("{name} has no kind"))?.to_string(),
+                quick: s["quick"].as_bool().unwrap_or(false),
+                finished: s["finished_unix_ms"]
+                    .as_u64()
+                    .map(|ms| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+                calls_per_second: number(&s["calls_per_second"], "calls_per_second")?,
+                events_per_second: s["events_per_second"].as_f64(),
+                bytes_per_second: s["bytes_per_second"].as_f64(),
+                p50_us: number(&s["latency_us"]["p50"], "latency_us.p50")?,
+                p99_us: number(&s["latency_us"]["p99"], "latency_us.p99")?,
+                syncs: s["syncs"].as_u64(),
+                events_per_sync: s["events_per_sync"].as_f64(),
+                name,
+            })
+        })
+        .collect()
+}
+
+/// One durable-ingestion target, checked.
+#[derive(Debug, Clone, PartialEq)]
+struct DurableCheck {
+    /// What is required.
+    target: String,
+    /// What was measured, or `no result` when a scenario it needs is missing.
+    measured: String,
+    /// `None` when a scenario it needs is missing.
+    met: Option<bool>,
+    /// More figures.
+    note: String,
+    /// The scenarios it reads.
+    inputs: Vec<&'static str>,
+}
+
+/// The durable-ingestion targets:
+///
+/// - 64 concurrent writers of single events reach at least half the in-memory rate of
+///   the same benchmark (`durable/single/64_writers` vs `memory/single/64_writers`);
+/// - durable batch ingestion of 1,000-event batches reaches 500K events/s (one writer);
+/// - one writer's durable append is "no worse than two fsyncs of this disk": its p99
+///   is at most 2 × the raw fdatasync **p99** of the same disk in the same run (tail
+///   against tail). The note adds the stricter reading, 2 × the raw fdatasync p50.
+fn durable_checks(results: &[DurableResult]) -> Vec<DurableCheck> {
+    let find = |name: &str| results.iter().find(|r| r.name == name);
+    let missing = |target: String, inputs: Vec<&'static str>| DurableCheck {
+        target,
+        measured: "no result".to_string(),
+        met: None,
+        note: String::new(),
+        inputs,
+    };
+    let mut checks = Vec::new();
+
+    let target =
+        format!("{DURABLE_64_WRITERS} >= {:.0}% of {MEMORY_64_WRITERS}", DURABLE_SHARE_OF_MEMORY_MIN * 100.0);
+    let inputs = vec![DURABLE_64_WRITERS, MEMORY_64_WRITERS];
+    let durable = find(DURABLE_64_WRITERS).and_then(|r| r.events_per_second);
+    let memory = find(MEMORY_64_WRITERS).and_then(|r| r.events_per_second).filter(|&m| m > 0.0);
+    checks.push(match (durable, memory) {
+        (Some(durable), Some(memory)) => {
+            let share = durable / memory;
+            DurableCheck {
+                target,
+                measured: format!("{:.1}%", share * 100.0),
+                met: Some(share >= DURABLE_SHARE_OF_MEMORY_MIN),
+                note: format!(
+                    "{} vs {}",
+                    format_events_per_second(durable),
+                    format_events_per_second(memory)
+                ),
+                inputs,
+            }
+        }
+        _ => missing(target, inputs),
+    });
+
+    let target = format!(
+        "{DURABLE_BATCH_1000} {}",
+        format_target(Target::EventsPerSecondAtLeast(DURABLE_BATCH_EVENTS_PER_SECOND_MIN))
+    );
+    let inputs = vec![DURABLE_BATCH_1000];
+    checks.push(match find(DURABLE_BATCH_1000) {
+        Some(DurableResult { events_per_second: Some(rate), events_per_sync, .. }) => DurableCheck {
+            target,
+            measured: format_events_per_second(*rate),
+            met: Some(*rate >= DURABLE_BATCH_EVENTS_PER_SECOND_MIN),
+            note: events_per_sync.map(|e| format!("{e:.0} events/fsync")).unwrap_or_default(),
+            inputs,
+        },
+        _ => missing(target, inputs),
+    });
+
+    let target = format!("{DURABLE_1_WRITER} p99 <= {DURABLE_P99_FSYNCS_MAX} × {DISK_FDATASYNC} p99");
+    let inputs = vec![DURABLE_1_WRITER, DISK_FDATASYNC];
+    checks.push(match (find(DURABLE_1_WRITER), find(DISK_FDATASYNC)) {
+        (Some(writer), Some(disk)) => {
+            let bound = DURABLE_P99_FSYNCS_MAX * disk.p99_us;
+            let strict = DURABLE_P99_FSYNCS_MAX * disk.p50_us;
+            DurableCheck {
+                target,
+                measured: format!(
+                    "{} (bound {})",
+                    format_microseconds(writer.p99_us),
+                    format_microseconds(bound)
+                ),
+                met: Some(writer.p99_us <= bound),
+                note: format!(
+                    "vs {DURABLE_P99_FSYNCS_MAX} × raw p50 = {}: {}",
+                    format_microseconds(strict),
+                    if writer.p99_us <= strict { "met" } else { "missed" }
+                ),
+                inputs,
+            }
+        }
+        _ => missing(target, inputs),
+    });
+    checks
+}
+
+/// Why a durable figure should be read with care: from a `--quick` run, or older than
+/// this run (a filter did not repeat it).
+fn durable_note(result: &DurableResult, run_started: Option<SystemTime>) -> String {
+    let stale = match (run_started, result.finished) {
+        (Some(started), Some(finished)) => finished < started,
+        _ => false,
+    };
+    let mut notes = Vec::new();
+    if stale {
+        notes.push("stale: not rerun");
+    }
+    if result.quick {
+        notes.push("quick run");
+    }
+    notes.join(", ")
+}
+
+/// The durable bench's figures, then its targets checked.
+fn durable_table(results: &[DurableResult], run_started: Option<SystemTime>) -> String {
+    let dash = || "-".to_string();
+    let header = ["scenario", "events/s", "calls/s", "p50", "p99", "fsyncs", "events/fsync", "MB/s", "note"];
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.name.clone(),
+                r.events_per_second.map_or_else(dash, format_rate),
+                format_rate(r.calls_per_second),
+                format_microseconds(r.p50_us),
+                format_microseconds(r.p99_us),
+                r.syncs.map_or_else(dash, |s| s.to_string()),
+                r.events_per_sync.map_or_else(dash, |e| format!("{e:.1}")),
+                r.bytes_per_second.map_or_else(dash, |b| format!("{:.1}", b / 1e6)),
+                durable_note(r, run_started),
+            ]
+        })
+        .collect();
+    let mut out = render(&header, &rows);
+    let _ = writeln!(out);
+
+    let checks = durable_checks(results);
+    let (mut n_met, mut n_checked) = (0, 0);
+    let rows: Vec<Vec<String>> = checks
+        .iter()
+        .map(|check| {
+            n_checked += usize::from(check.met.is_some());
+            n_met += usize::from(check.met == Some(true));
+            let verdict = match check.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "",
+            };
+            let mut notes: Vec<String> = Vec::new();
+            if !check.note.is_empty() {
+                notes.push(check.note.clone());
+            }
+            let flags: Vec<String> = check
+                .inputs
+                .iter()
+                .filter_map(|name| results.iter().find(|r| r.name == *name))
+                .map(|r| durable_note(r, run_started))
+                .filter(|note| !note.is_empty())
+                .collect();
+            if let Some(flag) = flags.first() {
+                notes.push(flag.clone());
+            }
+            vec![check.target.clone(), check.measured.clone(), verdict.to_string(), notes.join("; ")]
+        })
+        .collect();
+    out.push_str(&render(&["durable target", "measured", "verdict", "note"], &rows));
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{n_met} of {n_checked} durable targets met. Latency: the p99 of one writer's appends against {DURABLE_P99_FSYNCS_MAX} × the p99 of"
+    );
+    let _ =
+        writeln!(out, "the disk's raw append+fdatasync (tail against tail); the note holds the p50 reading.");
+    out
+}
+
+/// `1.23M`, `456K`, `4.9K`, `789`: a rate per second, compact.
+fn format_rate(per_second: f64) -> String {
+    if per_second >= 1e6 {
+        format!("{:.2}M", per_second / 1e6)
+    } else if per_second >= 1e4 {
+        format!("{:.0}K", per_second / 1e3)
+    } else if per_second >= 1e3 {
+        format!("{:.1}K", per_second / 1e3)
+    } else {
+        format!("{per_second:.0}")
+    }
 }
 
 fn format_target(target: Target) -> String {
@@ -303,7 +679,9 @@ fn format_events_per_second(events_per_second: f64) -> String {
 }
 
 fn format_microseconds(microseconds: f64) -> String {
-    if microseconds >= 100.0 {
+    if microseconds >= 1_000.0 {
+        format!("{:.2} ms", microseconds / 1_000.0)
+    } else if microseconds >= 100.0 {
         format!("{microseconds:.0} µs")
     } else if microseconds >= 1.0 {
         format!("{microseconds:.2} µs")
@@ -359,6 +737,86 @@ mod tests {
         check(result("state/replay/100_events", 99_000.0, None), Some(true), Some(true));
         check(result("state/snapshot/100_events", 5_000.0, None), None, Some(false));
         check(result("queries/event_type/limit/10", 1.0, None), None, None);
+    }
+
+    /// A scenario as the durable bench writes it into results.json.
+    fn durable_json(name: &str, kind: &str, events_per_second: Option<f64>, p50: f64, p99: f64) -> Value {
+        json!({
+            "name": name, "kind": kind, "writers": 1, "events_per_call": 1, "quick": false,
+            "finished_unix_ms": 1_000, "seconds": 2.5, "calls": 100, "calls_per_second": 40.0,
+            "events": 100, "events_per_second": events_per_second, "bytes": null, "bytes_per_second": null,
+            "syncs": if kind == "durable" { json!(50) } else { Value::Null },
+            "synced_events": if kind == "durable" { json!(100) } else { Value::Null },
+            "events_per_sync": if kind == "durable" { json!(2.0) } else { Value::Null },
+            "latency_us": {"p50": p50, "p90": p99, "p99": p99, "p999": p99, "max": p99, "mean": p50}
+        })
+    }
+
+    #[test]
+    fn durable_results_parse_and_meet_targets() {
+        let scenarios = vec![
+            durable_json(DISK_FDATASYNC, "disk", None, 200.0, 300.0),
+            durable_json(DURABLE_1_WRITER, "durable", Some(4_000.0), 210.0, 599.0),
+            durable_json(DURABLE_64_WRITERS, "durable", Some(200_000.0), 500.0, 1_000.0),
+            durable_json(MEMORY_64_WRITERS, "memory", Some(400_000.0), 10.0, 100.0),
+            durable_json(DURABLE_BATCH_1000, "durable", Some(499_000.0), 2_000.0, 3_000.0),
+        ];
+        let parsed = parse_durable(&json!({"format": 1, "scenarios": scenarios})).unwrap();
+        assert_eq!(parsed.len(), 5);
+        let writer = &parsed[1];
+        assert_eq!((writer.name.as_str(), writer.kind.as_str()), (DURABLE_1_WRITER, "durable"));
+        assert_eq!(
+            (writer.p50_us, writer.p99_us, writer.syncs, writer.events_per_sync),
+            (210.0, 599.0, Some(50), Some(2.0))
+        );
+        assert_eq!(writer.finished, Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1)));
+        assert_eq!(parsed[0].events_per_second, None);
+
+        let checks = durable_checks(&parsed);
+        let verdicts: Vec<Option<bool>> = checks.iter().map(|c| c.met).collect();
+        // 200K is exactly 50% of 400K; 499K < 500K; 599 µs <= 2 × 300 µs (but > 2 × 200 µs).
+        assert_eq!(verdicts, [Some(true), Some(false), Some(true)]);
+        assert_eq!(checks[0].measured, "50.0%");
+        assert!(checks[2].note.contains("400 µs: missed"), "{checks:?}");
+
+        // A missing scenario is reported as such, not as met or missed.
+        let checks = durable_checks(&parsed[1..]);
+        assert_eq!(checks[2].met, None);
+        assert_eq!(checks[2].measured, "no result");
+
+        let text = durable_table(&parsed, Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2)));
+        assert!(text.contains("2 of 3 durable targets met."), "{text}");
+        assert!(text.contains("stale: not rerun"), "{text}");
+        assert!(text.contains(">= 500K events/s") && !text.contains(">= >="), "{text}");
+
+        assert!(parse_durable(&json!({"format": 2, "scenarios": []})).is_err());
+        assert!(parse_durable(&json!({"format": 1, "scenarios": [{"name": "x"}]})).is_err());
+    }
+
+    #[test]
+    fn bench_plans() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(plan(&[]).unwrap(), Plan::All { bench_args: vec![] });
+        assert_eq!(plan(&args(&["--", "queries"])).unwrap(), Plan::All { bench_args: args(&["queries"]) });
+        assert_eq!(plan(&args(&["--report"])).unwrap(), Plan::Report);
+        assert!(plan(&args(&["--report", "x"])).is_err());
+        assert_eq!(
+            plan(&args(&["durable", "--quick", "disk"])).unwrap(),
+            Plan::Durable { bench_args: args(&["--quick", "disk"]) }
+        );
+        assert_eq!(
+            plan(&args(&["durable", "--", "--quick"])).unwrap(),
+            Plan::Durable { bench_args: args(&["--quick"]) }
+        );
+        assert_eq!(
+            plan(&args(&["--bench", "queries"])).unwrap(),
+            Plan::Cargo { cargo_args: args(&["--bench", "queries"]) }
+        );
+        assert_eq!(
+            bench_command(&args(&["durable"]), &args(&["--quick"])),
+            args(&["bench", "-p", "allsource-benches", "--bench", "durable", "--", "--quick"])
+        );
+        assert_eq!(bench_command(&[], &[]), args(&["bench", "-p", "allsource-benches"]));
     }
 
     #[test]

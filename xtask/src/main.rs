@@ -3,8 +3,9 @@
 //! ```text
 //! cargo xtask ci                 lint, then cargo test --workspace (what .ci/run runs)
 //! cargo xtask lint               cargo fmt --check and cargo clippy -D warnings
-//! cargo xtask bench [ARGS..]     cargo bench -p allsource-benches ARGS.., then the table
-//! cargo xtask bench --report     only the table, from the results already in target/
+//! cargo xtask bench [-- ARGS..]  the criterion suites, then the durable bench, then the tables
+//! cargo xtask bench durable [..] only the durable bench (e.g. `--quick`, a filter), then the tables
+//! cargo xtask bench --report     only the tables, from the results already in target/
 //! cargo xtask release            the release binary, and a packaging dry run of the libraries
 //! ```
 //!
@@ -29,9 +30,15 @@ usage: cargo xtask <command>
 commands:
   ci                  cargo xtask lint, then cargo test --workspace
   lint                cargo fmt --all -- --check; cargo clippy --workspace --all-targets -- -D warnings
-  bench [ARGS..]      cargo bench -p allsource-benches ARGS.., then print results against the targets
-                      (ARGS go to cargo bench as they are, e.g. `-- queries` to run only the queries)
-  bench --report      print the table from the results already under target/criterion
+  bench [-- ARGS..]   the criterion suites of allsource-benches, then its durable bench (each given
+                      ARGS, e.g. `-- queries` to run only the queries), then print results against
+                      the targets; ARGS before `--` (e.g. `--bench queries`) go to one
+                      `cargo bench -p allsource-benches` as they are
+  bench durable [ARGS..]
+                      only the durable bench (`--quick` for short windows, a filter such as
+                      `disk` or `64_writers`), then print results against the targets
+  bench --report      print the tables from the results already under target/criterion and
+                      target/durable-bench/results.json
   release             cargo build --release -p allsource-server; package the library crates (dry run)
 ";
 
