@@ -15,6 +15,7 @@
 //! | `durable/batch_100/1_writer` | one thread `append_batch`ing 100 events at a time |
 //! | `durable/batch_1000/{1,4}_writer(s)` | one or four threads `append_batch`ing 1,000 events at a time |
 //! | `memory/single/64_writers` | the 64-writer scenario on the in-memory store (`EventStore::new`) |
+//! | `{durable,memory}/single/64_tasks` | 64 async tasks on a 2-worker tokio runtime, each awaiting `append_async`: how the HTTP server drives the engine |
 //!
 //! Each store scenario opens a fresh store, lets the writers run for a warm-up, then
 //! measures a fixed window: events per second from the committed position's advance
@@ -57,7 +58,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allsource_benches::new_event;
-use allsource_core::{EventStore, NewEvent, SyncMode, WalConfig};
+use allsource_core::{EventStore, LogInfo, NewEvent, SyncMode, WalConfig};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
@@ -123,6 +124,15 @@ enum StoreKind {
     Memory,
 }
 
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Durable => "durable",
+            StoreKind::Memory => "memory",
+        }
+    }
+}
+
 /// One scenario of the run.
 #[derive(Debug, Clone, Copy)]
 enum Scenario {
@@ -132,11 +142,14 @@ enum Scenario {
     /// `writers` threads appending, each to its own entity: single events with
     /// `append` when `batch` is 1, else batches of `batch` events with `append_batch`.
     Store { kind: StoreKind, writers: usize, batch: usize },
+    /// `tasks` async tasks on a tokio runtime with one worker per core, each awaiting
+    /// `append_async` of single events to its own entity, as the server's handlers do.
+    Tasks { kind: StoreKind, tasks: usize },
 }
 
 /// Every scenario, in the order they run and are shown. The disk first: it is the
 /// yardstick of the others.
-const SCENARIOS: [Scenario; 11] = [
+const SCENARIOS: [Scenario; 13] = [
     Scenario::Disk { bytes: SMALL_RECORD_BYTES, preallocated: false },
     Scenario::Disk { bytes: SMALL_RECORD_BYTES, preallocated: true },
     Scenario::Disk { bytes: LARGE_RECORD_BYTES, preallocated: false },
@@ -148,6 +161,8 @@ const SCENARIOS: [Scenario; 11] = [
     Scenario::Store { kind: StoreKind::Durable, writers: 1, batch: 1_000 },
     Scenario::Store { kind: StoreKind::Durable, writers: 4, batch: 1_000 },
     Scenario::Store { kind: StoreKind::Memory, writers: 64, batch: 1 },
+    Scenario::Tasks { kind: StoreKind::Durable, tasks: 64 },
+    Scenario::Tasks { kind: StoreKind::Memory, tasks: 64 },
 ];
 
 impl Scenario {
@@ -168,6 +183,7 @@ impl Scenario {
                     if writers == 1 { "1_writer".to_string() } else { format!("{writers}_writers") };
                 format!("{kind}/{shape}/{writers}")
             }
+            Scenario::Tasks { kind, tasks } => format!("{}/single/{tasks}_tasks", kind.name()),
         }
     }
 }
@@ -334,6 +350,7 @@ fn main() {
             Scenario::Store { kind, writers, batch } => {
                 store_scenario(&name, &directory, kind, writers, batch, &budget)
             }
+            Scenario::Tasks { kind, tasks } => tasks_scenario(&name, &directory, kind, tasks, &budget),
         };
         results.push((measured, unix_millis()));
     }
@@ -469,16 +486,7 @@ fn store_scenario(
     batch: usize,
     budget: &Budget,
 ) -> Measured {
-    let store = match kind {
-        StoreKind::Durable => {
-            let config = WalConfig { sync: SyncMode::Always, ..Default::default() };
-            let (store, report) = EventStore::open_dir(directory, config).expect("open the durable store");
-            assert_eq!(store.stats().total_events, 0, "a fresh directory holds no events: {report:?}");
-            store
-        }
-        StoreKind::Memory => EventStore::new(),
-    };
-    let store = Arc::new(store);
+    let store = Arc::new(open_store(kind, directory));
     let phase = Arc::new(AtomicU8::new(WARM_UP));
     let ready = Arc::new(Barrier::new(writers + 1));
     let handles: Vec<_> = (0..writers as u64)
@@ -518,6 +526,37 @@ fn store_scenario(
         latency.add(&report.latency).expect("histograms of the same bounds add up");
         appended += report.appended;
     }
+    finish(name, store, kind, writers, batch, seconds, (first, last), (before, after), latency, appended)
+}
+
+/// A fresh store of `kind`; a durable one in `directory`.
+fn open_store(kind: StoreKind, directory: &Path) -> EventStore {
+    match kind {
+        StoreKind::Durable => {
+            let config = WalConfig { sync: SyncMode::Always, ..Default::default() };
+            let (store, report) = EventStore::open_dir(directory, config).expect("open the durable store");
+            assert_eq!(store.stats().total_events, 0, "a fresh directory holds no events: {report:?}");
+            store
+        }
+        StoreKind::Memory => EventStore::new(),
+    }
+}
+
+/// Checks that every acknowledged event is committed, closes the store, and puts the
+/// figures of a store scenario together.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    name: &str,
+    store: Arc<EventStore>,
+    kind: StoreKind,
+    writers: usize,
+    batch: usize,
+    seconds: f64,
+    (first, last): (u64, u64),
+    (before, after): (LogInfo, LogInfo),
+    latency: Histogram<u64>,
+    appended: u64,
+) -> Measured {
     let stats = store.stats();
     assert!(!stats.read_only, "{name}: the store turned read-only");
     assert_eq!(stats.total_events, appended, "{name}: every acknowledged event is committed");
@@ -526,7 +565,7 @@ fn store_scenario(
     let durable = kind == StoreKind::Durable;
     Measured {
         name: name.to_string(),
-        kind: if durable { "durable" } else { "memory" },
+        kind: kind.name(),
         writers,
         events_per_call: batch,
         seconds,
@@ -537,6 +576,64 @@ fn store_scenario(
         synced_events: durable.then(|| after.synced_events - before.synced_events),
         latency,
     }
+}
+
+/// `tasks` async tasks appending single events, on a runtime with one worker thread per
+/// core: the shape of the HTTP server, where many connections share a few threads and
+/// a commit wakes a task rather than a blocked thread.
+fn tasks_scenario(name: &str, directory: &Path, kind: StoreKind, tasks: usize, budget: &Budget) -> Measured {
+    let store = Arc::new(open_store(kind, directory));
+    let workers = thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("build the tokio runtime");
+    let phase = Arc::new(AtomicU8::new(WARM_UP));
+    let handles: Vec<_> = (0..tasks as u64)
+        .map(|task| {
+            let (store, phase) = (store.clone(), phase.clone());
+            runtime.spawn(async move {
+                let mut latency = histogram();
+                let mut appended = 0;
+                loop {
+                    let now = phase.load(Ordering::Acquire);
+                    if now == STOP {
+                        break;
+                    }
+                    let event = new_event(0, task, appended);
+                    let call = Instant::now();
+                    store.append_async(event).await.expect("append succeeds");
+                    if now == MEASURE {
+                        record(&mut latency, call.elapsed());
+                    }
+                    appended += 1;
+                }
+                WriterReport { latency, appended }
+            })
+        })
+        .collect();
+
+    run_phase(&store, budget.warm_up, budget.warm_up_events_max);
+    let before = store.stats().log;
+    let first = store.committed_position();
+    let started = Instant::now();
+    phase.store(MEASURE, Ordering::Release);
+    run_phase(&store, budget.measure, budget.measure_events_max);
+    let last = store.committed_position();
+    let seconds = started.elapsed().as_secs_f64();
+    let after = store.stats().log;
+    phase.store(STOP, Ordering::Release);
+
+    let mut latency = histogram();
+    let mut appended = 0;
+    for handle in handles {
+        let report = runtime.block_on(handle).expect("a writer task panicked");
+        latency.add(&report.latency).expect("histograms of the same bounds add up");
+        appended += report.appended;
+    }
+    drop(runtime);
+    finish(name, store, kind, tasks, 1, seconds, (first, last), (before, after), latency, appended)
 }
 
 /// Lets the writers run until `duration` has passed or `events_max` events were

@@ -121,11 +121,11 @@ impl Waiters {
         failure: impl Fn() -> Option<Error>,
     ) -> Ticket {
         let mut waiting = self.waiting.lock();
-        if let Some(error) = failure() {
-            return Ticket::ready(Err(error));
-        }
         if committed() >= target {
             return Ticket::ready(Ok(()));
+        }
+        if let Some(error) = failure() {
+            return Ticket::ready(Err(error));
         }
         let completion = Arc::new(Completion::default());
         waiting.push((target, completion.clone()));

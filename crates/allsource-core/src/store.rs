@@ -114,6 +114,14 @@ impl Decision {
     }
 }
 
+/// What the writer hands the publisher, in write order.
+enum Durable {
+    /// A group that is durable, to publish.
+    Group(Vec<Arc<Event>>),
+    /// A write failed: fail every waiter still waiting.
+    Failed(Error),
+}
+
 /// Sequenced events waiting for the group-commit writer.
 #[derive(Default)]
 struct Queue {
@@ -132,7 +140,8 @@ struct Queue {
 /// Dropping the store commits what is queued, then stops the writer.
 pub struct EventStore {
     inner: Arc<Inner>,
-    writer: Option<std::thread::JoinHandle<()>>,
+    /// The writer and publisher threads of a durable store.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 struct Inner {
@@ -174,9 +183,10 @@ impl Drop for EventStore {
             queue.lock().shutdown = true;
             ready.notify_all();
         }
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!("the commit writer thread panicked");
+        // The writer drains the queue, then its channel closes and the publisher ends.
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("a commit thread panicked");
             }
         }
     }
@@ -186,7 +196,7 @@ impl EventStore {
     /// An empty store that keeps its events in memory only.
     pub fn new() -> EventStore {
         let inner = Inner::new(Box::new(MemoryLog::default()), false);
-        EventStore { inner: Arc::new(inner), writer: None }
+        EventStore { inner: Arc::new(inner), threads: Vec::new() }
     }
 
     /// A store over `log`, with the events the log already holds recovered: their
@@ -197,17 +207,23 @@ impl EventStore {
         let recovered = log.recover()?;
         let inner = Arc::new(Inner::new(log, group_commit));
         inner.recover(recovered)?;
-        let writer = if group_commit {
-            let inner = inner.clone();
-            let handle = std::thread::Builder::new()
-                .name("allsource-commit".to_string())
-                .spawn(move || inner.run_writer())
-                .map_err(|e| Error::Internal(format!("cannot start the commit writer: {e}")))?;
-            Some(handle)
-        } else {
-            None
-        };
-        Ok(EventStore { inner, writer })
+        let mut store = EventStore { inner, threads: Vec::new() };
+        if group_commit {
+            let (to_publisher, from_writer) = std::sync::mpsc::channel();
+            let spawn = |name: &str, work: Box<dyn FnOnce() + Send>| {
+                std::thread::Builder::new()
+                    .name(name.to_string())
+                    .spawn(work)
+                    .map_err(|e| Error::Internal(format!("cannot start thread {name}: {e}")))
+            };
+            let inner = store.inner.clone();
+            store
+                .threads
+                .push(spawn("allsource-publish", Box::new(move || inner.run_publisher(from_writer)))?);
+            let inner = store.inner.clone();
+            store.threads.push(spawn("allsource-commit", Box::new(move || inner.run_writer(to_publisher)))?);
+        }
+        Ok(store)
     }
 
     /// Opens the durable store in `data_dir` (created if missing): takes the
@@ -355,8 +371,9 @@ impl Inner {
         self.failure.lock().clone()
     }
 
-    /// Turns the store read-only after a failed commit and fails every waiter.
-    fn fail(&self, error: Error) -> Error {
+    /// Turns the store read-only after a failed write: appends are refused from now
+    /// on. Returns the error to report to the appenders still waiting.
+    fn mark_failed(&self, error: Error) -> Error {
         let error = match error {
             Error::Storage { message, .. } => Error::Storage { message, read_only: true },
             other => Error::Storage { message: other.to_string(), read_only: true },
@@ -369,7 +386,6 @@ impl Inner {
             }
             self.read_only.store(true, Ordering::Release);
         }
-        self.waiters.fail(&error);
         error
     }
 
@@ -500,17 +516,26 @@ impl Inner {
         self.event_types.push(event.event_type.clone(), event.position);
     }
 
-    /// The commit step for a group of sequenced events, in position order: the log
-    /// write, then the projections, then the watermark, then the waiters.
+    /// The inline commit step for a group of sequenced events: the log write, then
+    /// the publication.
     fn commit(&self, events: &[Arc<Event>]) -> Result<()> {
-        let Some(last) = events.last() else { return Ok(()) };
         if let Some(error) = self.failure() {
             self.waiters.fail(&error);
             return Err(error);
         }
         if let Err(error) = self.log.append(events) {
-            return Err(self.fail(error));
+            let error = self.mark_failed(error);
+            self.waiters.fail(&error);
+            return Err(error);
         }
+        self.publish_group(events);
+        Ok(())
+    }
+
+    /// Makes a durable group visible, in position order: the projections, then the
+    /// watermark, then the waiters.
+    fn publish_group(&self, events: &[Arc<Event>]) {
+        let Some(last) = events.last() else { return };
         {
             let _apply = self.apply_lock.lock();
             for event in events {
@@ -523,7 +548,6 @@ impl Inner {
         }
         self.ingested.fetch_add(events.len() as u64, Ordering::Relaxed);
         self.waiters.committed(last.position);
-        Ok(())
     }
 
     /// Feeds a committed event to the projections.
@@ -533,13 +557,14 @@ impl Inner {
         }
     }
 
-    /// The group-commit writer: drains every pending event, commits them with one log
-    /// write, and goes again, until the store is dropped and the queue is empty.
-    fn run_writer(&self) {
+    /// The group-commit writer: drains every pending event, writes and syncs them
+    /// with one log write, hands the durable group to the publisher, and goes again,
+    /// until the store is dropped and the queue is empty. Publishing group N (the
+    /// projections and waking its appenders) overlaps with writing group N + 1.
+    fn run_writer(&self, publisher: std::sync::mpsc::Sender<Durable>) {
         let Some((queue, ready)) = &self.queue else { return };
-        let mut group: Vec<Arc<Event>> = Vec::new();
         loop {
-            {
+            let group = {
                 let mut pending = queue.lock();
                 while pending.events.is_empty() && !pending.shutdown {
                     ready.wait(&mut pending);
@@ -547,11 +572,31 @@ impl Inner {
                 if pending.events.is_empty() {
                     return;
                 }
-                std::mem::swap(&mut pending.events, &mut group);
+                std::mem::take(&mut pending.events)
+            };
+            let outcome = match self.failure() {
+                Some(error) => Durable::Failed(error),
+                None => match self.log.append(&group) {
+                    Ok(()) => Durable::Group(group),
+                    // New appends are refused from here on; the publisher fails the
+                    // waiters once the groups before this one are published.
+                    Err(error) => Durable::Failed(self.mark_failed(error)),
+                },
+            };
+            if publisher.send(outcome).is_err() {
+                return;
             }
-            // A failure is recorded in `self.failure` and reported to every waiter.
-            let _ = self.commit(&group);
-            group.clear();
+        }
+    }
+
+    /// The publisher: makes durable groups visible in the order they were written, and
+    /// fails every waiter once a write has failed.
+    fn run_publisher(&self, durable: std::sync::mpsc::Receiver<Durable>) {
+        for outcome in durable {
+            match outcome {
+                Durable::Group(group) => self.publish_group(&group),
+                Durable::Failed(error) => self.waiters.fail(&error),
+            }
         }
     }
 }

@@ -81,8 +81,11 @@ struct WalState {
     buffer: Vec<u8>,
 }
 
+/// Figures for `describe`, kept apart from the state so that reading them never waits
+/// for a write or a sync in progress.
 #[derive(Default)]
 struct WalStats {
+    last_position: AtomicU64,
     bytes: AtomicU64,
     segments: AtomicU64,
     syncs: AtomicU64,
@@ -133,6 +136,7 @@ impl Wal {
         let stats = WalStats::default();
         stats.segments.store(report.segments, Ordering::Relaxed);
         stats.bytes.store(report.bytes, Ordering::Relaxed);
+        stats.last_position.store(next_position - 1, Ordering::Relaxed);
         let wal = Wal {
             fs,
             dir: dir.to_path_buf(),
@@ -216,6 +220,7 @@ impl Log for Wal {
         match self.write_record(&mut state, events) {
             Ok(()) => {
                 state.next_position = last.position + 1;
+                self.stats.last_position.store(last.position, Ordering::Relaxed);
                 Ok(())
             }
             Err(why) => {
@@ -232,11 +237,10 @@ impl Log for Wal {
     }
 
     fn describe(&self) -> LogInfo {
-        let state = self.state.lock();
         LogInfo {
             kind: "wal",
             durable: true,
-            last_position: state.next_position - 1,
+            last_position: self.stats.last_position.load(Ordering::Relaxed),
             data_dir: self.data_dir.as_ref().map(|d| d.display().to_string()),
             sync: self.config.sync.as_str(),
             wal_bytes: self.stats.bytes.load(Ordering::Relaxed),
