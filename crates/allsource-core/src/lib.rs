@@ -40,7 +40,7 @@ pub use allsource_storage::{
     Log, LogInfo, MemoryLog, RecoveryReport, SyncMode, Wal, WalConfig, SEGMENT_BYTES_MAX_DEFAULT,
 };
 pub use commit::Ticket;
-pub use store::{Appended, BatchAppended, EntityState, EventStore, QueryPage, Stats};
+pub use store::{Appended, BatchAppended, EntityState, EventStore, ExportFormat, QueryPage, Stats};
 
 /// Projections: the trait to implement for a custom one, and the built-in ones.
 pub mod projection {
@@ -48,6 +48,10 @@ pub mod projection {
         apply_merge_patch, EntitySnapshots, EventCounters, Projection, ProjectionRegistry, Snapshot,
     };
 }
+
+/// The columnar form of events: the Arrow schema of IPC responses, exports and
+/// Parquet files, and the conversions to and from it.
+pub use allsource_storage::columnar;
 
 /// The UUID type of event ids.
 pub use uuid::Uuid;

@@ -11,6 +11,7 @@ use allsource_core_types::{
 };
 use allsource_index::{first_position_where, IdIndex, PositionIndex, PositionRange};
 use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
+use allsource_storage::columnar::{IpcStreamWriter, ParquetFileWriter};
 use allsource_storage::{Log, LogInfo, MemoryLog, RecoveryReport, Wal, WalConfig};
 use foldhash::fast::RandomState;
 use parking_lot::{Condvar, Mutex};
@@ -48,6 +49,20 @@ pub struct QueryPage {
     pub events: Vec<Arc<Event>>,
     /// The last returned position when more events match, to pass as `after`.
     pub next_after: Option<Position>,
+}
+
+/// The formats of [`EventStore::export`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// An Arrow IPC stream (`application/vnd.apache.arrow.stream`).
+    ArrowIpc,
+    /// A Parquet file, zstd-compressed, with column statistics.
+    Parquet,
+}
+
+enum ExportSink<W: std::io::Write + Send> {
+    Ipc(IpcStreamWriter<W>),
+    Parquet(ParquetFileWriter<W>),
 }
 
 /// An entity's state, rebuilt by replay or read from the snapshot projection.
@@ -620,7 +635,61 @@ impl EventStore {
     /// The events matching `request`, one page of them.
     pub fn query(&self, request: QueryEventsRequest) -> Result<QueryPage> {
         let query = Query::try_from(request)?;
-        let range = self.position_range(query.after, query.since, query.until);
+        Ok(self.query_page(&query, self.committed_position()))
+    }
+
+    /// One page of the events matching `request`, as an Arrow IPC stream of one record
+    /// batch (the schema of `allsource_storage::columnar`); same filters and paging as
+    /// [`EventStore::query`]. Returns the stream, the number of events and `next_after`.
+    pub fn query_arrow_ipc(&self, request: QueryEventsRequest) -> Result<(Vec<u8>, usize, Option<Position>)> {
+        let page = self.query(request)?;
+        let mut writer = IpcStreamWriter::new(Vec::new())?;
+        writer.write(&page.events)?;
+        Ok((writer.finish()?, page.events.len(), page.next_after))
+    }
+
+    /// Writes every event matching the filters of `request` (its `limit` is the page
+    /// size the export reads with) as an Arrow IPC stream or a Parquet file to `out`,
+    /// in position order; returns how many events were written. The export is of the
+    /// log as committed when it starts: events appended meanwhile are not in it.
+    pub fn export<W: std::io::Write + Send>(
+        &self,
+        request: QueryEventsRequest,
+        format: ExportFormat,
+        out: W,
+    ) -> Result<u64> {
+        let mut query = Query::try_from(request)?;
+        let ceiling = self.committed_position();
+        let mut sink = match format {
+            ExportFormat::ArrowIpc => ExportSink::Ipc(IpcStreamWriter::new(out)?),
+            ExportFormat::Parquet => ExportSink::Parquet(ParquetFileWriter::new(out)?),
+        };
+        let mut written = 0u64;
+        loop {
+            let page = self.query_page(&query, ceiling);
+            if !page.events.is_empty() {
+                match &mut sink {
+                    ExportSink::Ipc(writer) => writer.write(&page.events)?,
+                    ExportSink::Parquet(writer) => writer.write(&page.events)?,
+                }
+                written += page.events.len() as u64;
+            }
+            match page.next_after {
+                Some(after) => query.after = after,
+                None => break,
+            }
+        }
+        match sink {
+            ExportSink::Ipc(writer) => drop(writer.finish()?),
+            ExportSink::Parquet(writer) => drop(writer.finish()?),
+        }
+        Ok(written)
+    }
+
+    /// One page of `query`'s matches among the positions up to `ceiling`.
+    fn query_page(&self, query: &Query, ceiling: Position) -> QueryPage {
+        let mut range = self.position_range(query.after, query.since, query.until);
+        range.last = range.last.min(ceiling);
         let limit = query.limit;
         // One more than the limit, to learn whether another page follows.
         let wanted = limit + 1;
@@ -635,7 +704,7 @@ impl EventStore {
         positions.truncate(limit);
         let events: Vec<Arc<Event>> = positions.iter().filter_map(|&p| self.inner.table.get(p)).collect();
         let next_after = if more { events.last().map(|e| e.position) } else { None };
-        Ok(QueryPage { events, next_after })
+        QueryPage { events, next_after }
     }
 
     /// Entity and type: walk the shorter list, check the other field on each event.

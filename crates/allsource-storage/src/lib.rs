@@ -19,6 +19,7 @@ use std::sync::Arc;
 use allsource_core_types::{Error, Event, Position};
 use serde::Serialize;
 
+pub mod columnar;
 pub mod fs;
 pub mod sim;
 mod wal;

@@ -1,0 +1,358 @@
+//! The columnar form of events: one fixed Arrow schema for the wire (Arrow IPC
+//! streams), for exports and for the Parquet files of the storage layer.
+//!
+//! | column | Arrow type | |
+//! |---|---|---|
+//! | `id` | `FixedSizeBinary(16)` | the UUID's 16 bytes |
+//! | `event_type` | `Dictionary(Int32, Utf8)` | |
+//! | `entity_id` | `Utf8` | |
+//! | `payload` | `Utf8` | compact JSON text |
+//! | `metadata` | `Utf8` | compact JSON text (an object) |
+//! | `timestamp` | `Timestamp(Microsecond, "UTC")` | |
+//! | `version` | `UInt64` | |
+//! | `position` | `UInt64` | |
+//!
+//! Every column is non-null. The schema's metadata names it (`allsource.schema` =
+//! `events/1`) so that readers can tell which version of it they hold.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, OnceLock};
+
+use allsource_core_types::{EntityId, Error, Event, EventType, Timestamp};
+use arrow_array::builder::{FixedSizeBinaryBuilder, StringBuilder, StringDictionaryBuilder};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, TimestampMicrosecondType, UInt64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt64Array};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use uuid::Uuid;
+
+/// The schema metadata key and value that name this schema's version.
+pub const SCHEMA_VERSION_KEY: &str = "allsource.schema";
+/// The version of the schema this code writes.
+pub const SCHEMA_VERSION: &str = "events/1";
+/// Rows per Parquet row group: large enough for zstd and column statistics to pay off,
+/// small enough that a reader skipping by position or time reads little.
+pub const PARQUET_ROW_GROUP_ROWS: usize = 64 * 1024;
+/// The zstd level of Parquet files: fast to write, about as small as higher levels on
+/// JSON-heavy columns.
+const PARQUET_ZSTD_LEVEL: i32 = 3;
+
+/// The Arrow schema of events (see the module documentation).
+pub fn schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let fields = vec![
+                Field::new("id", DataType::FixedSizeBinary(16), false),
+                Field::new(
+                    "event_type",
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                    false,
+                ),
+                Field::new("entity_id", DataType::Utf8, false),
+                Field::new("payload", DataType::Utf8, false),
+                Field::new("metadata", DataType::Utf8, false),
+                Field::new(
+                    "timestamp",
+                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                    false,
+                ),
+                Field::new("version", DataType::UInt64, false),
+                Field::new("position", DataType::UInt64, false),
+            ];
+            let metadata = HashMap::from([(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())]);
+            Arc::new(Schema::new_with_metadata(fields, metadata))
+        })
+        .clone()
+}
+
+fn arrow_error(context: &str, error: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("{context}: {error}"))
+}
+
+/// The events as one record batch of [`schema`].
+pub fn to_record_batch(events: &[Arc<Event>]) -> Result<RecordBatch, Error> {
+    let n = events.len();
+    let mut ids = FixedSizeBinaryBuilder::with_capacity(n, 16);
+    let mut event_types = StringDictionaryBuilder::<Int32Type>::new();
+    let mut entity_ids = StringBuilder::with_capacity(n, n * 16);
+    let mut payloads = StringBuilder::with_capacity(n, n * 64);
+    let mut metadata = StringBuilder::with_capacity(n, n * 2);
+    let mut timestamps = Vec::with_capacity(n);
+    let mut versions = Vec::with_capacity(n);
+    let mut positions = Vec::with_capacity(n);
+    let mut json = Vec::with_capacity(256);
+    for event in events {
+        ids.append_value(event.id.as_bytes()).map_err(|e| arrow_error("id column", e))?;
+        event_types.append_value(event.event_type.as_str());
+        entity_ids.append_value(event.entity_id.as_str());
+        append_json(&mut payloads, &event.payload, &mut json)?;
+        append_json(&mut metadata, &event.metadata, &mut json)?;
+        timestamps.push(event.timestamp.as_micros());
+        versions.push(event.version);
+        positions.push(event.position);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(ids.finish()),
+        Arc::new(event_types.finish()),
+        Arc::new(entity_ids.finish()),
+        Arc::new(payloads.finish()),
+        Arc::new(metadata.finish()),
+        Arc::new(TimestampMicrosecondArray::from(timestamps).with_timezone("UTC")),
+        Arc::new(UInt64Array::from(versions)),
+        Arc::new(UInt64Array::from(positions)),
+    ];
+    RecordBatch::try_new(schema(), columns).map_err(|e| arrow_error("record batch", e))
+}
+
+fn append_json(
+    builder: &mut StringBuilder,
+    value: &serde_json::Value,
+    buffer: &mut Vec<u8>,
+) -> Result<(), Error> {
+    buffer.clear();
+    serde_json::to_writer(&mut *buffer, value).map_err(|e| arrow_error("JSON column", e))?;
+    let text = std::str::from_utf8(buffer).map_err(|e| arrow_error("JSON column", e))?;
+    builder.append_value(text);
+    Ok(())
+}
+
+/// The events of a record batch of [`schema`] (as written by [`to_record_batch`], or
+/// read back from an IPC stream or a Parquet file). Every value is checked: a batch
+/// that does not hold valid events is an error, never a panic.
+pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Event>, Error> {
+    let bad =
+        |why: String| Error::Storage { message: format!("not a batch of events: {why}"), read_only: false };
+    let column = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name}")));
+    let ids = column("id")?
+        .as_fixed_size_binary_opt()
+        .filter(|a| a.value_length() == 16)
+        .ok_or_else(|| bad("id is not FixedSizeBinary(16)".into()))?;
+    let event_type_column = column("event_type")?;
+    let event_types: Vec<Option<&str>> = match event_type_column.data_type() {
+        DataType::Dictionary(_, _) => {
+            let dictionary = event_type_column
+                .as_dictionary_opt::<Int32Type>()
+                .ok_or_else(|| bad("event_type is not Dictionary(Int32, Utf8)".into()))?;
+            let values = dictionary
+                .values()
+                .as_string_opt::<i32>()
+                .ok_or_else(|| bad("event_type dictionary values are not Utf8".into()))?;
+            dictionary.keys().iter().map(|key| key.and_then(|k| values_get(values, k))).collect()
+        }
+        _ => {
+            let values = event_type_column
+                .as_string_opt::<i32>()
+                .ok_or_else(|| bad("event_type is not Utf8".into()))?;
+            (0..values.len()).map(|i| values.is_valid(i).then(|| values.value(i))).collect()
+        }
+    };
+    let string_column = |name: &str| {
+        column(name).and_then(|c| c.as_string_opt::<i32>().ok_or_else(|| bad(format!("{name} is not Utf8"))))
+    };
+    let entity_ids = string_column("entity_id")?;
+    let payloads = string_column("payload")?;
+    let metadata = string_column("metadata")?;
+    let timestamps = column("timestamp")?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| bad("timestamp is not Timestamp(Microsecond)".into()))?;
+    let versions = column("version")?
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| bad("version is not UInt64".into()))?;
+    let positions = column("position")?
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| bad("position is not UInt64".into()))?;
+
+    let mut events = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let null = |name: &str| bad(format!("row {row}: {name} is null"));
+        let all_valid = [
+            ids.is_valid(row),
+            entity_ids.is_valid(row),
+            payloads.is_valid(row),
+            metadata.is_valid(row),
+            timestamps.is_valid(row),
+            versions.is_valid(row),
+            positions.is_valid(row),
+        ];
+        if all_valid.contains(&false) {
+            return Err(null("a column"));
+        }
+        let id = Uuid::from_slice(ids.value(row)).map_err(|e| bad(format!("row {row}: id: {e}")))?;
+        let event_type = event_types.get(row).copied().flatten().ok_or_else(|| null("event_type"))?;
+        let json = |text: &str, name: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| bad(format!("row {row}: {name}: {e}")))
+        };
+        events.push(Event {
+            id,
+            event_type: EventType::try_from(event_type).map_err(|e| bad(format!("row {row}: {e}")))?,
+            entity_id: EntityId::try_from(entity_ids.value(row))
+                .map_err(|e| bad(format!("row {row}: {e}")))?,
+            payload: json(payloads.value(row), "payload")?,
+            metadata: json(metadata.value(row), "metadata")?,
+            timestamp: Timestamp::from_micros(timestamps.value(row)),
+            version: versions.value(row),
+            position: positions.value(row),
+        });
+    }
+    Ok(events)
+}
+
+fn values_get(values: &arrow_array::StringArray, key: i32) -> Option<&str> {
+    let index = usize::try_from(key).ok()?;
+    (index < values.len() && values.is_valid(index)).then(|| values.value(index))
+}
+
+/// Writes record batches of [`schema`] as an Arrow IPC stream.
+pub struct IpcStreamWriter<W: Write> {
+    writer: arrow_ipc::writer::StreamWriter<W>,
+}
+
+impl<W: Write> IpcStreamWriter<W> {
+    /// Starts a stream on `out` (writes the schema).
+    pub fn new(out: W) -> Result<IpcStreamWriter<W>, Error> {
+        let writer = arrow_ipc::writer::StreamWriter::try_new(out, &schema())
+            .map_err(|e| arrow_error("Arrow IPC stream", e))?;
+        Ok(IpcStreamWriter { writer })
+    }
+
+    /// Appends the events as one record batch.
+    pub fn write(&mut self, events: &[Arc<Event>]) -> Result<(), Error> {
+        let batch = to_record_batch(events)?;
+        self.writer.write(&batch).map_err(|e| arrow_error("Arrow IPC stream", e))
+    }
+
+    /// Ends the stream and returns the writer.
+    pub fn finish(mut self) -> Result<W, Error> {
+        self.writer.finish().map_err(|e| arrow_error("Arrow IPC stream", e))?;
+        self.writer.into_inner().map_err(|e| arrow_error("Arrow IPC stream", e))
+    }
+}
+
+/// Writes record batches of [`schema`] as one Parquet file: zstd, statistics on every
+/// column (so readers can skip row groups by position and time), row groups of
+/// [`PARQUET_ROW_GROUP_ROWS`].
+pub struct ParquetFileWriter<W: Write + Send> {
+    writer: ArrowWriter<W>,
+}
+
+impl<W: Write + Send> ParquetFileWriter<W> {
+    /// Starts a file on `out`.
+    pub fn new(out: W) -> Result<ParquetFileWriter<W>, Error> {
+        let level = ZstdLevel::try_new(PARQUET_ZSTD_LEVEL).map_err(|e| arrow_error("zstd level", e))?;
+        let properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(level))
+            .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP_ROWS))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_created_by(format!("allsource {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let writer = ArrowWriter::try_new(out, schema(), Some(properties))
+            .map_err(|e| arrow_error("Parquet file", e))?;
+        Ok(ParquetFileWriter { writer })
+    }
+
+    /// Appends the events.
+    pub fn write(&mut self, events: &[Arc<Event>]) -> Result<(), Error> {
+        let batch = to_record_batch(events)?;
+        self.writer.write(&batch).map_err(|e| arrow_error("Parquet file", e))
+    }
+
+    /// Writes the footer and returns the writer.
+    pub fn finish(self) -> Result<W, Error> {
+        self.writer.into_inner().map_err(|e| arrow_error("Parquet file", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn events() -> Vec<Arc<Event>> {
+        (1..=5u64)
+            .map(|position| {
+                Arc::new(Event {
+                    id: Uuid::from_u128(u128::from(position) << 64 | 0xABCD),
+                    event_type: EventType::try_from(["a.created", "a.updated"][(position % 2) as usize]).unwrap(),
+                    entity_id: EntityId::try_from(format!("entity/{}", position % 3)).unwrap(),
+                    payload: json!({"n": position, "max": u64::MAX, "f": 0.1, "s": "\u{0}é\u{1F600}", "null": null}),
+                    metadata: if position == 2 { json!({"trace": "x"}) } else { json!({}) },
+                    timestamp: Timestamp::from_micros(1_795_000_000_000_000 + position as i64),
+                    version: position.div_ceil(3),
+                    position,
+                })
+            })
+            .collect()
+    }
+
+    fn plain(events: &[Arc<Event>]) -> Vec<Event> {
+        events.iter().map(|e| (**e).clone()).collect()
+    }
+
+    #[test]
+    fn record_batch_round_trip() {
+        let events = events();
+        let batch = to_record_batch(&events).unwrap();
+        assert_eq!(batch.num_rows(), 5);
+        assert_eq!(batch.schema(), schema());
+        assert_eq!(from_record_batch(&batch).unwrap(), plain(&events));
+        let empty = to_record_batch(&[]).unwrap();
+        assert_eq!(empty.num_rows(), 0);
+    }
+
+    #[test]
+    fn ipc_stream_round_trip() {
+        let events = events();
+        let mut writer = IpcStreamWriter::new(Vec::new()).unwrap();
+        writer.write(&events[..2]).unwrap();
+        writer.write(&events[2..]).unwrap();
+        let bytes = writer.finish().unwrap();
+        let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
+        assert_eq!(reader.schema(), schema());
+        let mut read = Vec::new();
+        for batch in reader {
+            read.extend(from_record_batch(&batch.unwrap()).unwrap());
+        }
+        assert_eq!(read, plain(&events));
+    }
+
+    #[test]
+    fn parquet_round_trip_with_the_parquet_crates_own_reader() {
+        let events = events();
+        let mut file = tempfile::tempfile().unwrap();
+        let mut writer = ParquetFileWriter::new(file.try_clone().unwrap()).unwrap();
+        writer.write(&events).unwrap();
+        writer.finish().unwrap();
+        use std::io::Seek;
+        file.rewind().unwrap();
+        let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let metadata = builder.metadata().clone();
+        assert_eq!(metadata.file_metadata().num_rows(), 5);
+        let row_group = metadata.row_group(0);
+        let position_column =
+            row_group.columns().iter().find(|c| c.column_path().string() == "position").unwrap();
+        assert!(position_column.statistics().is_some(), "position statistics are written");
+        assert!(matches!(position_column.compression(), Compression::ZSTD(_)));
+        let mut read = Vec::new();
+        for batch in builder.build().unwrap() {
+            read.extend(from_record_batch(&batch.unwrap()).unwrap());
+        }
+        assert_eq!(read, plain(&events));
+    }
+
+    #[test]
+    fn a_batch_of_another_shape_is_an_error() {
+        let other = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("id", DataType::UInt64, false)])),
+            vec![Arc::new(UInt64Array::from(vec![1u64]))],
+        )
+        .unwrap();
+        assert_eq!(from_record_batch(&other).unwrap_err().code(), "StorageError");
+    }
+}
