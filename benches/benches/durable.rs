@@ -505,28 +505,36 @@ fn store_scenario(
         })
         .collect();
     ready.wait();
+    let window = measure_window(&store, &phase, budget);
+    let reports = handles.into_iter().map(|handle| handle.join().expect("a writer thread panicked"));
+    finish(name, store, kind, writers, batch, window, reports)
+}
 
-    run_phase(&store, budget.warm_up, budget.warm_up_events_max);
-    // `stats()` may wait for the fsync in flight: read it outside the timed window's
-    // ends, and the window's events from the committed position, an atomic.
+/// What a measured window saw: its length, and the committed positions and log
+/// figures at its ends.
+struct Window {
+    seconds: f64,
+    first: u64,
+    last: u64,
+    before: LogInfo,
+    after: LogInfo,
+}
+
+/// Lets the writers warm up, measures one window, then tells them to stop.
+fn measure_window(store: &EventStore, phase: &AtomicU8, budget: &Budget) -> Window {
+    run_phase(store, budget.warm_up, budget.warm_up_events_max);
+    // `stats()` is read outside the timed window's ends, and the window's events come
+    // from the committed position, an atomic.
     let before = store.stats().log;
     let first = store.committed_position();
     let started = Instant::now();
     phase.store(MEASURE, Ordering::Release);
-    run_phase(&store, budget.measure, budget.measure_events_max);
+    run_phase(store, budget.measure, budget.measure_events_max);
     let last = store.committed_position();
     let seconds = started.elapsed().as_secs_f64();
     let after = store.stats().log;
     phase.store(STOP, Ordering::Release);
-
-    let mut latency = histogram();
-    let mut appended = 0;
-    for handle in handles {
-        let report = handle.join().expect("a writer thread panicked");
-        latency.add(&report.latency).expect("histograms of the same bounds add up");
-        appended += report.appended;
-    }
-    finish(name, store, kind, writers, batch, seconds, (first, last), (before, after), latency, appended)
+    Window { seconds, first, last, before, after }
 }
 
 /// A fresh store of `kind`; a durable one in `directory`.
@@ -544,19 +552,22 @@ fn open_store(kind: StoreKind, directory: &Path) -> EventStore {
 
 /// Checks that every acknowledged event is committed, closes the store, and puts the
 /// figures of a store scenario together.
-#[allow(clippy::too_many_arguments)]
 fn finish(
     name: &str,
     store: Arc<EventStore>,
     kind: StoreKind,
     writers: usize,
     batch: usize,
-    seconds: f64,
-    (first, last): (u64, u64),
-    (before, after): (LogInfo, LogInfo),
-    latency: Histogram<u64>,
-    appended: u64,
+    window: Window,
+    reports: impl IntoIterator<Item = WriterReport>,
 ) -> Measured {
+    let mut latency = histogram();
+    let mut appended = 0;
+    for report in reports {
+        latency.add(&report.latency).expect("histograms of the same bounds add up");
+        appended += report.appended;
+    }
+    let Window { seconds, first, last, before, after } = window;
     let stats = store.stats();
     assert!(!stats.read_only, "{name}: the store turned read-only");
     assert_eq!(stats.total_events, appended, "{name}: every acknowledged event is committed");
@@ -613,27 +624,11 @@ fn tasks_scenario(name: &str, directory: &Path, kind: StoreKind, tasks: usize, b
             })
         })
         .collect();
-
-    run_phase(&store, budget.warm_up, budget.warm_up_events_max);
-    let before = store.stats().log;
-    let first = store.committed_position();
-    let started = Instant::now();
-    phase.store(MEASURE, Ordering::Release);
-    run_phase(&store, budget.measure, budget.measure_events_max);
-    let last = store.committed_position();
-    let seconds = started.elapsed().as_secs_f64();
-    let after = store.stats().log;
-    phase.store(STOP, Ordering::Release);
-
-    let mut latency = histogram();
-    let mut appended = 0;
-    for handle in handles {
-        let report = runtime.block_on(handle).expect("a writer task panicked");
-        latency.add(&report.latency).expect("histograms of the same bounds add up");
-        appended += report.appended;
-    }
+    let window = measure_window(&store, &phase, budget);
+    let reports: Vec<WriterReport> =
+        handles.into_iter().map(|handle| runtime.block_on(handle).expect("a writer task panicked")).collect();
     drop(runtime);
-    finish(name, store, kind, tasks, 1, seconds, (first, last), (before, after), latency, appended)
+    finish(name, store, kind, tasks, 1, window, reports)
 }
 
 /// Lets the writers run until `duration` has passed or `events_max` events were
