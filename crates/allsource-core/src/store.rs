@@ -12,7 +12,7 @@ use allsource_core_types::{
 use allsource_index::{first_position_where, IdIndex, PositionIndex, PositionRange};
 use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
 use allsource_storage::columnar::{IpcStreamWriter, ParquetFileWriter};
-use allsource_storage::{Log, LogInfo, MemoryLog, RecoveryReport, Wal, WalConfig};
+use allsource_storage::{DurableLog, Log, LogInfo, MemoryLog, RecoveryReport, WalConfig};
 use foldhash::fast::RandomState;
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
@@ -178,6 +178,8 @@ struct Inner {
     /// `Some` when a writer thread commits in groups; `None` to commit inline.
     queue: Option<(Mutex<Queue>, Condvar)>,
     waiters: Waiters,
+    /// Wakes the sealer when events were published; its flag says "stop".
+    sealer: (Mutex<bool>, Condvar),
 }
 
 impl Default for EventStore {
@@ -198,6 +200,8 @@ impl Drop for EventStore {
             queue.lock().shutdown = true;
             ready.notify_all();
         }
+        *self.inner.sealer.0.lock() = true;
+        self.inner.sealer.1.notify_all();
         // The writer drains the queue, then its channel closes and the publisher ends.
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
@@ -237,16 +241,23 @@ impl EventStore {
                 .push(spawn("allsource-publish", Box::new(move || inner.run_publisher(from_writer)))?);
             let inner = store.inner.clone();
             store.threads.push(spawn("allsource-commit", Box::new(move || inner.run_writer(to_publisher)))?);
+            if let Some(chunk_events) = store.inner.log.chunk_events() {
+                let inner = store.inner.clone();
+                store
+                    .threads
+                    .push(spawn("allsource-seal", Box::new(move || inner.run_sealer(chunk_events)))?);
+            }
         }
         Ok(store)
     }
 
     /// Opens the durable store in `data_dir` (created if missing): takes the
-    /// directory's lock, recovers the write-ahead log (cutting a torn tail, refusing
-    /// corruption), rebuilds indexes and projections, and starts the commit writer.
+    /// directory's lock, loads the sealed Parquet chunks and recovers the write-ahead
+    /// log after them (cutting a torn tail, refusing corruption), rebuilds indexes and
+    /// projections, and starts the commit threads.
     pub fn open_dir(data_dir: &std::path::Path, config: WalConfig) -> Result<(EventStore, RecoveryReport)> {
-        let (wal, report) = Wal::open_dir(data_dir, config)?;
-        Ok((EventStore::open(Box::new(wal))?, report))
+        let (log, report) = DurableLog::open_dir(data_dir, config)?;
+        Ok((EventStore::open(Box::new(log))?, report))
     }
 
     /// Appends one event and returns it as stored: the seed's name for [`EventStore::append`].
@@ -339,6 +350,7 @@ impl Inner {
             failure: Mutex::new(None),
             queue: group_commit.then(|| (Mutex::new(Queue::default()), Condvar::new())),
             waiters: Waiters::default(),
+            sealer: (Mutex::new(false), Condvar::new()),
         }
     }
 
@@ -563,6 +575,44 @@ impl Inner {
         }
         self.ingested.fetch_add(events.len() as u64, Ordering::Relaxed);
         self.waiters.committed(last.position);
+        // Taking the sealer's lock orders this wake-up after its last check.
+        drop(self.sealer.0.lock());
+        self.sealer.1.notify_one();
+    }
+
+    /// The sealer: whenever `chunk_events` committed events follow the last sealed
+    /// position, hands them to the log to seal (a Parquet chunk). When the store is
+    /// dropped it seals the full chunks still due, then ends. A failed seal loses
+    /// nothing (the WAL still holds every event): it is logged, and sealing stops until
+    /// the store is reopened.
+    fn run_sealer(&self, chunk_events: u64) {
+        let (stop, wake) = &self.sealer;
+        loop {
+            {
+                let mut stopped = stop.lock();
+                loop {
+                    let sealed = self.log.sealed_position();
+                    if self.committed.load(Ordering::Acquire).saturating_sub(sealed) >= chunk_events {
+                        break;
+                    }
+                    if *stopped {
+                        return;
+                    }
+                    wake.wait(&mut stopped);
+                }
+            }
+            let first = self.log.sealed_position() + 1;
+            let events: Vec<Arc<Event>> =
+                (first..first + chunk_events).filter_map(|p| self.table.get(p)).collect();
+            if events.len() as u64 != chunk_events {
+                tracing::error!(first, "committed events are missing from the table; sealing stops");
+                return;
+            }
+            if let Err(error) = self.log.seal(&events) {
+                tracing::error!(%error, "sealing a chunk failed; the WAL keeps every event; sealing stops");
+                return;
+            }
+        }
     }
 
     /// Feeds a committed event to the projections.

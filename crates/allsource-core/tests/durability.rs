@@ -1,6 +1,7 @@
-//! The engine over the WAL on the simulated file system: every acknowledged event
-//! survives every crash point, nothing unacknowledged half-appears, and a failed
-//! commit turns the store read-only while reads keep working.
+//! The engine over a data directory (WAL + sealed Parquet chunks) on the simulated
+//! file system: every acknowledged event survives every crash point (appends, seals,
+//! WAL segment removal), nothing unacknowledged half-appears, and a failed commit
+//! turns the store read-only while reads keep working.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,14 +11,19 @@ use std::sync::{Arc, Mutex};
 
 use allsource_core::{Event, EventStore, NewEvent, QueryEventsRequest, Uuid};
 use allsource_storage::sim::{CrashKind, SimFs};
-use allsource_storage::{SyncMode, Wal, WalConfig};
+use allsource_storage::{DurableLog, SyncMode, WalConfig};
 use proptest::prelude::*;
 use serde_json::json;
 
+/// Small segments and chunks, so that a few dozen events rotate segments, seal chunks
+/// and remove covered segments.
+fn config() -> WalConfig {
+    WalConfig { sync: SyncMode::Always, segment_bytes_max: 2_048, chunk_events: 5 }
+}
+
 fn open(fs: &SimFs) -> EventStore {
-    let config = WalConfig { sync: SyncMode::Always, segment_bytes_max: 4_096 };
-    let (wal, _) = Wal::open(Arc::new(fs.clone()), Path::new("/data/wal"), config).unwrap();
-    EventStore::open(Box::new(wal)).unwrap()
+    let (log, _) = DurableLog::open(Arc::new(fs.clone()), Path::new("/data"), config()).unwrap();
+    EventStore::open(Box::new(log)).unwrap()
 }
 
 fn all_events(store: &EventStore) -> Vec<Arc<Event>> {
@@ -202,4 +208,34 @@ fn group_commit_shares_syncs_between_concurrent_writers() {
     assert_eq!(info.synced_events, 800);
     assert!(info.syncs <= 800);
     assert_eq!(all_events(&store).len(), 800);
+}
+
+#[test]
+fn full_chunks_are_sealed_into_parquet_and_the_wal_shrinks() {
+    let fs = SimFs::new();
+    let before = {
+        let store = open(&fs);
+        for i in 0..23 {
+            store.ingest(Event::new(format!("t{}", i % 2), format!("e{}", i % 3), json!({"i": i}))).unwrap();
+        }
+        let before = (all_events(&store), store.reconstruct_state("e1", None).unwrap());
+        drop(store); // seals the full chunks still due
+        before
+    };
+    let paths = fs.paths();
+    let chunks: Vec<_> = paths.iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+    assert_eq!(chunks.len(), 4, "{paths:?}"); // 4 x 5 events, 3 left in the WAL
+    assert!(paths.iter().any(|p| p.ends_with("MANIFEST")));
+    assert!(!paths.iter().any(|p| p.to_string_lossy().ends_with(".tmp")), "{paths:?}");
+    let wal_segments = paths.iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).count();
+    assert!(wal_segments <= 2, "covered WAL segments are removed: {paths:?}");
+
+    let store = open(&fs);
+    let info = store.stats().log;
+    assert_eq!((info.kind, info.sealed_position, info.chunks), ("wal+parquet", 20, 4));
+    assert_eq!(all_events(&store), before.0);
+    assert_eq!(store.reconstruct_state("e1", None).unwrap(), before.1);
+    assert_eq!(store.snapshot("e1").unwrap(), before.1);
+    let next = store.ingest(Event::new("t".into(), "e1".into(), json!({}))).unwrap();
+    assert_eq!(next.position, 24);
 }

@@ -203,7 +203,7 @@ fn data_directory_survives_restart_and_is_locked() {
     assert_eq!(ok(&server, Req::get("/api/v1/entities/order%2F7/snapshot"), 200), state);
     let stats = stats(&server);
     assert_eq!((stats["total_events"].as_u64(), stats["total_ingested"].as_u64()), (Some(3), Some(0)));
-    assert_eq!(stats["storage"]["kind"], "wal");
+    assert_eq!(stats["storage"]["kind"], "wal+parquet");
     assert_eq!(stats["storage"]["sync"], "always");
     let next = append(&server, &event("order/7", "shipped", json!({})));
     assert_eq!((next["position"].as_u64(), next["version"].as_u64()), (Some(4), Some(3)));

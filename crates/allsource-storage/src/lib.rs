@@ -19,12 +19,17 @@ use std::sync::Arc;
 use allsource_core_types::{Error, Event, Position};
 use serde::Serialize;
 
+pub mod archive;
 pub mod columnar;
+mod durable;
 pub mod fs;
 pub mod sim;
 mod wal;
 
-pub use wal::{RecoveryReport, SyncMode, Wal, WalConfig, SEGMENT_BYTES_MAX_DEFAULT};
+pub use durable::{DurableLog, WAL_DIR};
+pub use wal::{
+    RecoveryBase, RecoveryReport, SyncMode, Wal, WalConfig, CHUNK_EVENTS_DEFAULT, SEGMENT_BYTES_MAX_DEFAULT,
+};
 
 /// The commit step of the engine's write path.
 ///
@@ -43,6 +48,24 @@ pub trait Log: Send + Sync {
 
     /// What the log is and how much it holds, for `stats`.
     fn describe(&self) -> LogInfo;
+
+    /// Events per sealed chunk, for a log that seals committed events into longer-term
+    /// storage: the engine calls [`Log::seal`] whenever that many committed events
+    /// follow [`Log::sealed_position`]. `None` (the default): the log does not seal.
+    fn chunk_events(&self) -> Option<u64> {
+        None
+    }
+
+    /// The last sealed position (0 when nothing is sealed).
+    fn sealed_position(&self) -> Position {
+        0
+    }
+
+    /// Seals committed events, the positions right after [`Log::sealed_position`].
+    fn seal(&self, events: &[Arc<Event>]) -> Result<(), Error> {
+        let _ = events;
+        Err(Error::Internal("this log does not seal chunks".to_string()))
+    }
 }
 
 /// A description of a log and its figures, for operators (`GET /api/v1/stats`).
@@ -69,6 +92,12 @@ pub struct LogInfo {
     pub synced_events: u64,
     /// How long the last record's fdatasync took, in microseconds.
     pub last_sync_micros: u64,
+    /// The last position sealed into a Parquet chunk (0: none).
+    pub sealed_position: Position,
+    /// Sealed chunks (Parquet files).
+    pub chunks: u64,
+    /// Bytes in sealed chunks.
+    pub chunk_bytes: u64,
 }
 
 /// A log that keeps nothing beyond the process: for tests, demos and `--in-memory`.

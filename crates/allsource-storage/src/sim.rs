@@ -21,6 +21,10 @@ struct SimFile {
     data: Vec<u8>,
     synced_len: usize,
     name_durable: bool,
+    /// The name it had before a rename that its directory has not synced yet.
+    renamed_from: Option<PathBuf>,
+    /// The file that rename replaced, which a crash before the directory sync brings back.
+    replaced: Option<Box<SimFile>>,
 }
 
 #[derive(Debug, Default)]
@@ -90,9 +94,18 @@ impl SimFs {
         let mut files = BTreeMap::new();
         for (path, file) in &state.files {
             let mut file = file.clone();
+            let mut path = path.clone();
             if kind == CrashKind::Power {
                 if !file.name_durable && rng.below(2) == 0 {
-                    continue;
+                    // The name never reached the disk: an unsynced rename is undone, an
+                    // unsynced creation is gone.
+                    if let Some(replaced) = file.replaced.take() {
+                        files.insert(path.clone(), *replaced);
+                    }
+                    match file.renamed_from.take() {
+                        Some(old) => path = old,
+                        None => continue,
+                    }
                 }
                 let unsynced = file.data.len() - file.synced_len;
                 let kept = file.synced_len + rng.below(unsynced as u64 + 1) as usize;
@@ -104,7 +117,9 @@ impl SimFs {
             }
             file.synced_len = file.data.len();
             file.name_durable = true;
-            files.insert(path.clone(), file);
+            file.renamed_from = None;
+            file.replaced = None;
+            files.insert(path, file);
         }
         let image = SimState { files, dirs: state.dirs.clone(), ..SimState::default() };
         SimFs { state: Arc::new(Mutex::new(image)) }
@@ -118,7 +133,8 @@ impl SimFs {
     /// Replaces a file's bytes (all synced), for tests that damage files.
     pub fn set_file(&self, path: &Path, data: Vec<u8>) {
         let synced_len = data.len();
-        self.state.lock().files.insert(path.to_path_buf(), SimFile { data, synced_len, name_durable: true });
+        let file = SimFile { data, synced_len, name_durable: true, renamed_from: None, replaced: None };
+        self.state.lock().files.insert(path.to_path_buf(), file);
     }
 
     /// The paths of every file.
@@ -223,12 +239,28 @@ impl Fs for SimFs {
         state.files.remove(path).map(|_| ()).ok_or_else(|| not_found(path))
     }
 
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        state.op()?;
+        let mut file = state.files.remove(from).ok_or_else(|| not_found(from))?;
+        if file.name_durable {
+            file.renamed_from = Some(from.to_path_buf());
+        }
+        file.name_durable = false;
+        let replaced = state.files.remove(to).filter(|old| old.name_durable);
+        file.replaced = replaced.map(Box::new);
+        state.files.insert(to.to_path_buf(), file);
+        Ok(())
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state.lock();
         state.op()?;
         for (path, file) in state.files.iter_mut() {
             if path.parent() == Some(dir) {
                 file.name_durable = true;
+                file.renamed_from = None;
+                file.replaced = None;
             }
         }
         Ok(())

@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 
 use allsource_core_types::Event;
-use allsource_storage::{Log, SyncMode, Wal, WalConfig};
+use allsource_storage::{DurableLog, Log, SyncMode, Wal, WalConfig};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -40,9 +40,28 @@ fn format_v1_fixture_opens_and_recovers_every_event() {
 }
 
 #[test]
+fn sealed_chunks_fixture_opens_and_recovers_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("v1-chunks"), dir.path());
+    let (log, report) = DurableLog::open_dir(dir.path(), WalConfig::default()).unwrap();
+    let expected: Vec<Event> =
+        common::fixture::fixture_groups().into_iter().flatten().map(|e| (*e).clone()).collect();
+    assert_eq!((report.chunks, report.archived_events, report.events), (2, 8, 8));
+    assert_eq!(log.recover().unwrap(), expected);
+    assert_eq!(log.sealed_position(), 8);
+    // Appending continues after the sealed chunks and the WAL.
+    let mut next = (*common::fixture::fixture_groups()[0][0]).clone();
+    next.position = 9;
+    next.version = 1;
+    next.entity_id = allsource_core_types::EntityId::try_from("entity-new").unwrap();
+    next.timestamp = allsource_core_types::Timestamp::from_micros(1_800_000_000_000_000);
+    log.append(&[std::sync::Arc::new(next)]).unwrap();
+}
+
+#[test]
 fn the_writer_still_writes_format_v1_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
-    let config = WalConfig { sync: SyncMode::None, segment_bytes_max: 600 };
+    let config = WalConfig { sync: SyncMode::None, segment_bytes_max: 600, ..WalConfig::default() };
     let (wal, _) = Wal::open_dir(dir.path(), config).unwrap();
     for group in common::fixture::fixture_groups() {
         wal.append(&group).unwrap();

@@ -36,7 +36,7 @@ fn plain(events: &[Arc<Event>]) -> Vec<Event> {
 }
 
 fn config(segment_bytes_max: u64) -> WalConfig {
-    WalConfig { sync: SyncMode::Always, segment_bytes_max }
+    WalConfig { sync: SyncMode::Always, segment_bytes_max, ..WalConfig::default() }
 }
 
 fn open_sim(fs: &SimFs, segment_bytes_max: u64) -> Result<Wal, allsource_core_types::Error> {

@@ -44,14 +44,25 @@ pub struct WalConfig {
     pub sync: SyncMode,
     /// A segment that reaches this size is closed and a new one started.
     pub segment_bytes_max: u64,
+    /// Events per sealed chunk (a Parquet file) of a [`crate::DurableLog`]: whenever
+    /// this many committed events follow the last sealed one, they are sealed, and the
+    /// WAL segments they cover are removed.
+    pub chunk_events: u64,
 }
+
+/// The default number of events per sealed chunk.
+pub const CHUNK_EVENTS_DEFAULT: u64 = 64 * 1024;
 
 /// The default size at which a segment is closed: 64 MiB.
 pub const SEGMENT_BYTES_MAX_DEFAULT: u64 = 64 * 1024 * 1024;
 
 impl Default for WalConfig {
     fn default() -> Self {
-        WalConfig { sync: SyncMode::Always, segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT }
+        WalConfig {
+            sync: SyncMode::Always,
+            segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
+            chunk_events: CHUNK_EVENTS_DEFAULT,
+        }
     }
 }
 
@@ -65,16 +76,16 @@ pub struct Wal {
     recovered: Mutex<Option<Vec<Event>>>,
     stats: WalStats,
     /// Held for the life of the WAL: the data directory's lock.
-    _lock: Option<std::fs::File>,
+    lock: Option<std::fs::File>,
 }
 
 struct WalState {
     /// The open segment, if any.
     file: Option<Box<dyn AppendFile>>,
-    /// The bytes in the open segment.
-    segment_bytes: u64,
     /// The position the next record must start at.
     next_position: Position,
+    /// Every segment, oldest first: its first position and size. The last is open.
+    segments: Vec<(Position, u64)>,
     /// Set after a failed write or sync: the WAL refuses every write after it.
     poisoned: Option<String>,
     /// Reused encoding buffer.
@@ -104,6 +115,15 @@ pub struct RecoveryReport {
     pub bytes: u64,
     /// Bytes of torn tail cut from the last segment (0 when clean).
     pub bytes_cut: u64,
+    /// Sealed chunks (Parquet files) loaded, and the events in them (counted in
+    /// `events` too).
+    pub chunks: u64,
+    /// Events loaded from sealed chunks.
+    pub archived_events: u64,
+    /// The kept segments: first position and size.
+    kept_segments: Vec<(Position, u64)>,
+    /// The last position in the WAL, sealed or not (`None`: no segment).
+    wal_last: Option<Position>,
 }
 
 fn segment_name(first_position: Position) -> String {
@@ -122,7 +142,7 @@ impl Wal {
         create_dir_durably(&fs, data_dir)?;
         let lock = lock_data_dir(data_dir)?;
         let (mut wal, report) = Wal::open(Arc::new(fs), &data_dir.join("wal"), config)?;
-        wal._lock = Some(lock);
+        wal.lock = Some(lock);
         wal.data_dir = Some(data_dir.to_path_buf());
         Ok((wal, report))
     }
@@ -130,9 +150,30 @@ impl Wal {
     /// Opens (creating if missing) the WAL in directory `dir` of `fs`, and recovers it:
     /// reads every segment, cuts a torn tail, and refuses corruption anywhere else.
     pub fn open(fs: Arc<dyn Fs>, dir: &Path, config: WalConfig) -> Result<(Wal, RecoveryReport), Error> {
+        Wal::open_after(fs, dir, config, RecoveryBase::default())
+    }
+
+    /// [`Wal::open`] for a WAL that continues `base` (the archive's events): its events
+    /// at or before `base`'s last position are skipped, the rest must continue it.
+    pub fn open_after(
+        fs: Arc<dyn Fs>,
+        dir: &Path,
+        config: WalConfig,
+        base: RecoveryBase,
+    ) -> Result<(Wal, RecoveryReport), Error> {
         create_dir_durably(fs.as_ref(), dir)?;
-        let (events, report, file, segment_bytes) = recover(fs.as_ref(), dir)?;
-        let next_position = events.last().map_or(1, |e| e.position + 1);
+        let base_last = base.last_position;
+        let (events, report, file) = recover(fs.as_ref(), dir, base)?;
+        // Only committed events are sealed, and only segments wholly sealed are removed:
+        // the WAL always reaches at least as far as the archive.
+        if let Some(wal_last) = report.wal_last.filter(|&last| last < base_last) {
+            return Err(storage_error(format!(
+                "the WAL in {} ends at position {wal_last}, before the sealed chunks' last position \
+                 {base_last}; refusing to start",
+                dir.display()
+            )));
+        }
+        let next_position = report.wal_last.unwrap_or(0).max(base_last) + 1;
         let stats = WalStats::default();
         stats.segments.store(report.segments, Ordering::Relaxed);
         stats.bytes.store(report.bytes, Ordering::Relaxed);
@@ -144,14 +185,14 @@ impl Wal {
             config,
             state: Mutex::new(WalState {
                 file,
-                segment_bytes,
                 next_position,
+                segments: report.kept_segments.clone(),
                 poisoned: None,
                 buffer: Vec::new(),
             }),
             recovered: Mutex::new(Some(events)),
             stats,
-            _lock: None,
+            lock: None,
         };
         Ok((wal, report))
     }
@@ -170,14 +211,15 @@ impl Wal {
             .sync_dir(&self.dir)
             .map_err(|e| format!("cannot sync directory {}: {e}", self.dir.display()))?;
         state.file = Some(file);
-        state.segment_bytes = SEGMENT_HEADER_BYTES as u64;
+        state.segments.push((state.next_position, SEGMENT_HEADER_BYTES as u64));
         self.stats.segments.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes.fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
         Ok(())
     }
 
     fn write_record(&self, state: &mut WalState, events: &[Arc<Event>]) -> Result<(), String> {
-        if state.file.is_none() || state.segment_bytes >= self.config.segment_bytes_max {
+        let segment_bytes = state.segments.last().map_or(0, |(_, bytes)| *bytes);
+        if state.file.is_none() || segment_bytes >= self.config.segment_bytes_max {
             self.rotate(state)?;
         }
         let mut buffer = std::mem::take(&mut state.buffer);
@@ -196,10 +238,46 @@ impl Wal {
                 }
                 Ok(())
             });
-        state.segment_bytes += buffer.len() as u64;
+        if let Some((_, bytes)) = state.segments.last_mut() {
+            *bytes += buffer.len() as u64;
+        }
         self.stats.bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
         state.buffer = buffer;
         result
+    }
+}
+
+impl Wal {
+    /// Takes over the data directory's lock, for a log that holds the WAL.
+    pub(crate) fn hold_lock(&mut self, lock: std::fs::File, data_dir: &Path) {
+        self.lock = Some(lock);
+        self.data_dir = Some(data_dir.to_path_buf());
+    }
+
+    /// Removes the segments whose events all lie at or before `position` (sealed into
+    /// the archive); never the open segment. Returns how many were removed. A segment
+    /// left on disk by a failure here is harmless: recovery skips what is sealed.
+    pub fn remove_through(&self, position: Position) -> Result<usize, Error> {
+        let doomed: Vec<(Position, u64)> = {
+            let mut state = self.state.lock();
+            let covered = state.segments.windows(2).take_while(|pair| pair[1].0 - 1 <= position).count();
+            state.segments.drain(..covered).collect()
+        };
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        for (first, bytes) in &doomed {
+            let path = self.dir.join(segment_name(*first));
+            self.fs
+                .remove(&path)
+                .map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
+            self.stats.segments.fetch_sub(1, Ordering::Relaxed);
+            self.stats.bytes.fetch_sub(*bytes, Ordering::Relaxed);
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| storage_error(format!("cannot sync {}: {e}", self.dir.display())))?;
+        Ok(doomed.len())
     }
 }
 
@@ -248,13 +326,14 @@ impl Log for Wal {
             syncs: self.stats.syncs.load(Ordering::Relaxed),
             synced_events: self.stats.synced_events.load(Ordering::Relaxed),
             last_sync_micros: self.stats.last_sync_micros.load(Ordering::Relaxed),
+            ..LogInfo::default()
         }
     }
 }
 
 /// Creates `dir` if missing, and makes its name durable: a directory entry is only
 /// safe from a power loss once its parent directory is synced.
-fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> Result<(), Error> {
+pub(crate) fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> Result<(), Error> {
     if fs.list(dir).is_ok() {
         return Ok(());
     }
@@ -269,7 +348,7 @@ fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> Result<(), Error> {
 }
 
 /// Takes the exclusive lock on `<data_dir>/LOCK`, or fails naming the directory.
-fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
+pub(crate) fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
     use std::io::Write;
     let path = data_dir.join("LOCK");
     let mut file = std::fs::OpenOptions::new()
@@ -311,15 +390,30 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Position>, Error> {
     Ok(segments)
 }
 
+/// What the log held before the WAL's first event: the WAL checks that its events
+/// continue it. Built from the archive's events at start-up (empty without an archive).
+///
 /// Checks what a record's checksums cannot: each entity's versions are gapless from 1
 /// and timestamps never decrease along the log.
-#[derive(Default)]
-struct SequenceChecker {
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryBase {
+    last_position: Position,
     versions: HashMap<EntityId, Version>,
     last_timestamp: Option<Timestamp>,
 }
 
-impl SequenceChecker {
+impl RecoveryBase {
+    /// The base after `events` (positions from 1, in order, already checked).
+    pub fn after(events: &[Event]) -> RecoveryBase {
+        let mut base = RecoveryBase::default();
+        for event in events {
+            base.versions.insert(event.entity_id.clone(), event.version);
+        }
+        base.last_position = events.last().map_or(0, |e| e.position);
+        base.last_timestamp = events.last().map(|e| e.timestamp);
+        base
+    }
+
     fn check(&mut self, events: &[Event]) -> Result<(), String> {
         for event in events {
             if self.last_timestamp.is_some_and(|last| event.timestamp < last) {
@@ -337,20 +431,25 @@ impl SequenceChecker {
                 ));
             }
             *version = event.version;
+            self.last_position = event.position;
         }
         Ok(())
     }
 }
 
-type Recovered = (Vec<Event>, RecoveryReport, Option<Box<dyn AppendFile>>, u64);
+type Recovered = (Vec<Event>, RecoveryReport, Option<Box<dyn AppendFile>>);
 
-/// Reads every segment in order; see "Recovery" in `docs/storage-format.md`.
-fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
+/// Reads every segment in order; see "Recovery" in `docs/storage-format.md`. Events at
+/// or before `base`'s last position (already in the archive) are skipped; the rest
+/// must continue it.
+fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered, Error> {
     let segments = list_segments(fs, dir)?;
     let mut events: Vec<Event> = Vec::new();
-    let mut checker = SequenceChecker::default();
+    let skip_through = base.last_position;
+    // The position the next record must start at, once a segment has been read.
+    let mut next_expected: Option<Position> = None;
     let mut report = RecoveryReport::default();
-    let mut open: Option<(PathBuf, u64)> = None;
+    let mut open: Option<PathBuf> = None;
     let count = segments.len();
     for (index, first) in segments.into_iter().enumerate() {
         let is_last = index + 1 == count;
@@ -363,9 +462,9 @@ fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
                 path.display()
             ))
         };
-        let expected = events.last().map_or(first, |e| e.position + 1);
+        let expected = next_expected.unwrap_or(first);
         match format::parse_segment_header(&bytes) {
-            Ok(named) if named == first && (events.is_empty() || named == expected) => {}
+            Ok(named) if named == first && named == expected => {}
             Ok(named) => {
                 return Err(corrupt(0, &format!("header names position {named}, expected {expected}")));
             }
@@ -393,10 +492,20 @@ fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
         loop {
             match format::read_record(&bytes[offset..], next) {
                 RecordRead::Record { len, events: mut decoded } => {
-                    if let Err(why) = checker.check(&decoded) {
+                    next += decoded.len() as Position;
+                    decoded.retain(|e| e.position > skip_through);
+                    if decoded.first().is_some_and(|e| e.position != base.last_position + 1) {
+                        return Err(corrupt(
+                            offset,
+                            &format!(
+                                "the WAL continues at position {} but the log before it ends at {}",
+                                decoded[0].position, base.last_position
+                            ),
+                        ));
+                    }
+                    if let Err(why) = base.check(&decoded) {
                         return Err(corrupt(offset, &why));
                     }
-                    next += decoded.len() as Position;
                     events.append(&mut decoded);
                     offset += len;
                 }
@@ -421,20 +530,21 @@ fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, Error> {
                 }
             }
         }
+        next_expected = Some(next);
         report.bytes += offset as u64;
+        report.kept_segments.push((first, offset as u64));
         if is_last {
-            open = Some((path, offset as u64));
+            open = Some(path);
         }
     }
     report.events = events.len() as u64;
-    let (file, segment_bytes) = match open {
-        Some((path, size)) => {
-            let file = fs
-                .open_append(&path)
-                .map_err(|e| storage_error(format!("cannot open {}: {e}", path.display())))?;
-            (Some(file), size)
-        }
-        None => (None, 0),
+    report.wal_last = next_expected.map(|next| next - 1);
+    let file = match open {
+        Some(path) => Some(
+            fs.open_append(&path)
+                .map_err(|e| storage_error(format!("cannot open {}: {e}", path.display())))?,
+        ),
+        None => None,
     };
-    Ok((events, report, file, segment_bytes))
+    Ok((events, report, file))
 }

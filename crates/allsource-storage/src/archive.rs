@@ -1,0 +1,265 @@
+//! The archive: sealed chunks of the log as immutable Parquet files, listed by a
+//! manifest that is replaced atomically. The storage of record for everything up to
+//! the last sealed position; the WAL holds only what follows. Described in
+//! `docs/storage-format.md`.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use allsource_core_types::{Error, Event, Position};
+use parking_lot::Mutex;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::columnar::{from_record_batch, ParquetFileWriter};
+use crate::fs::{AppendFile, Fs};
+
+/// The manifest's file name, in the data directory.
+pub const MANIFEST_FILE: &str = "MANIFEST";
+/// The directory of the chunk files, in the data directory.
+pub const CHUNKS_DIR: &str = "chunks";
+/// The manifest format this code writes.
+const MANIFEST_FORMAT: u32 = 1;
+/// The suffix of files being written, which recovery removes.
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// One sealed chunk: a Parquet file holding the events `first_position..=last_position`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkEntry {
+    /// The file's name in `chunks/`.
+    pub file: String,
+    /// The first position in the file.
+    pub first_position: Position,
+    /// The last position in the file.
+    pub last_position: Position,
+    /// The file's size.
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Manifest {
+    format: u32,
+    chunks: Vec<ChunkEntry>,
+}
+
+impl Manifest {
+    fn last_position(&self) -> Position {
+        self.chunks.last().map_or(0, |c| c.last_position)
+    }
+}
+
+/// The sealed chunks of a data directory.
+pub struct Archive {
+    fs: Arc<dyn Fs>,
+    data_dir: PathBuf,
+    manifest: Mutex<Manifest>,
+}
+
+fn storage_error(message: String) -> Error {
+    Error::Storage { message, read_only: false }
+}
+
+/// The name of the chunk file of `first..=last`: sorts in position order.
+fn chunk_file_name(first: Position, last: Position) -> String {
+    format!("{first:020}-{last:020}.parquet")
+}
+
+/// An [`AppendFile`] as an `io::Write`, for the Parquet writer.
+struct FileWriter(Box<dyn AppendFile>);
+
+impl Write for FileWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.write_all(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Archive {
+    /// Opens the archive of `data_dir`: reads the manifest (none: an empty archive),
+    /// loads every chunk it lists, checks that positions run gapless from 1, and
+    /// removes what a crash left behind (files being written, chunk files the manifest
+    /// does not list). Returns the archive and its events, in position order.
+    pub fn open(fs: Arc<dyn Fs>, data_dir: &Path) -> Result<(Archive, Vec<Event>), Error> {
+        let chunks_dir = data_dir.join(CHUNKS_DIR);
+        fs.create_dir_all(&chunks_dir)
+            .map_err(|e| storage_error(format!("cannot create {}: {e}", chunks_dir.display())))?;
+        let manifest_path = data_dir.join(MANIFEST_FILE);
+        let manifest = match fs.read(&manifest_path) {
+            Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).map_err(|e| {
+                storage_error(format!("corrupt manifest {}: {e}; refusing to start", manifest_path.display()))
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Manifest { format: MANIFEST_FORMAT, chunks: Vec::new() }
+            }
+            Err(e) => return Err(storage_error(format!("cannot read {}: {e}", manifest_path.display()))),
+        };
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(storage_error(format!(
+                "manifest {} has format {}, this build reads {MANIFEST_FORMAT}",
+                manifest_path.display(),
+                manifest.format
+            )));
+        }
+        let mut events = Vec::new();
+        for chunk in &manifest.chunks {
+            let path = chunks_dir.join(&chunk.file);
+            let corrupt = |why: String| {
+                storage_error(format!("corrupt chunk {}: {why}; refusing to start", path.display()))
+            };
+            if chunk.first_position != events.len() as Position + 1 {
+                return Err(corrupt(format!(
+                    "starts at position {}, expected {}",
+                    chunk.first_position,
+                    events.len() + 1
+                )));
+            }
+            let bytes = fs.read(&path).map_err(|e| corrupt(format!("cannot read it: {e}")))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                .and_then(|builder| builder.build())
+                .map_err(|e| corrupt(e.to_string()))?;
+            let before = events.len();
+            for batch in reader {
+                let batch = batch.map_err(|e| corrupt(e.to_string()))?;
+                events.extend(from_record_batch(&batch).map_err(|e| corrupt(e.to_string()))?);
+            }
+            let positions_ok = events[before..]
+                .iter()
+                .enumerate()
+                .all(|(i, e)| e.position == chunk.first_position + i as Position);
+            if !positions_ok || events.last().map(|e| e.position) != Some(chunk.last_position) {
+                return Err(corrupt("its positions do not match the manifest".to_string()));
+            }
+        }
+        let archive = Archive { fs, data_dir: data_dir.to_path_buf(), manifest: Mutex::new(manifest) };
+        archive.remove_leftovers()?;
+        Ok((archive, events))
+    }
+
+    /// Removes files a crash left: temporary files, and chunk files that never made it
+    /// into the manifest (their events are still in the WAL).
+    fn remove_leftovers(&self) -> Result<(), Error> {
+        let listed: Vec<String> = self.manifest.lock().chunks.iter().map(|c| c.file.clone()).collect();
+        let chunks_dir = self.data_dir.join(CHUNKS_DIR);
+        let mut removed = false;
+        for (dir, names) in
+            [(&self.data_dir, self.fs.list(&self.data_dir)), (&chunks_dir, self.fs.list(&chunks_dir))]
+        {
+            let names = names.map_err(|e| storage_error(format!("cannot list {}: {e}", dir.display())))?;
+            for name in names {
+                let leftover = name.ends_with(TEMP_SUFFIX)
+                    || (dir == &chunks_dir && name.ends_with(".parquet") && !listed.contains(&name));
+                if leftover {
+                    let path = dir.join(&name);
+                    tracing::warn!(file = %path.display(), "removing a file left by an interrupted seal");
+                    self.fs
+                        .remove(&path)
+                        .map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
+                    removed = true;
+                }
+            }
+        }
+        if removed {
+            for dir in [&self.data_dir, &chunks_dir] {
+                self.fs
+                    .sync_dir(dir)
+                    .map_err(|e| storage_error(format!("cannot sync {}: {e}", dir.display())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last sealed position (0 when nothing is sealed).
+    pub fn last_position(&self) -> Position {
+        self.manifest.lock().last_position()
+    }
+
+    /// The sealed chunks.
+    pub fn chunks(&self) -> Vec<ChunkEntry> {
+        self.manifest.lock().chunks.clone()
+    }
+
+    /// Seals `events` (the positions right after the last sealed one) into a new
+    /// chunk: the Parquet file is written under a temporary name, synced, renamed and
+    /// its directory synced; then the manifest is replaced the same way. The manifest
+    /// swap is the commit point: a crash before it leaves the events in the WAL only.
+    pub fn seal(&self, events: &[Arc<Event>]) -> Result<ChunkEntry, Error> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Err(Error::Internal("sealing an empty chunk".to_string()));
+        };
+        let mut manifest = self.manifest.lock();
+        let expected = manifest.last_position() + 1;
+        let gapless = events.iter().enumerate().all(|(i, e)| e.position == expected + i as Position);
+        if first.position != expected || !gapless {
+            return Err(Error::Internal(format!(
+                "sealing positions {}..={} after {}",
+                first.position,
+                last.position,
+                expected - 1
+            )));
+        }
+        let chunks_dir = self.data_dir.join(CHUNKS_DIR);
+        let name = chunk_file_name(first.position, last.position);
+        let bytes = self.write_durably(&chunks_dir, &name, |out| {
+            let mut writer = ParquetFileWriter::new(out)?;
+            writer.write(events)?;
+            writer.finish().map(drop)
+        })?;
+        let entry =
+            ChunkEntry { file: name, first_position: first.position, last_position: last.position, bytes };
+        let mut next = manifest.clone();
+        next.chunks.push(entry.clone());
+        let text = serde_json::to_vec_pretty(&next).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
+        self.write_durably(&self.data_dir, MANIFEST_FILE, |mut out| {
+            out.write_all(&text).map_err(|e| storage_error(format!("cannot write the manifest: {e}")))
+        })?;
+        *manifest = next;
+        Ok(entry)
+    }
+
+    /// Writes `dir/name` durably: to `name.tmp`, fsync, rename over `name`, fsync
+    /// `dir`. Returns the bytes written.
+    fn write_durably(
+        &self,
+        dir: &Path,
+        name: &str,
+        write: impl FnOnce(&mut CountingWriter) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
+        let path = dir.join(name);
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            storage_error(format!("cannot {what} {}: {e}", path.display()))
+        };
+        // A temporary file left by an earlier failure is replaced.
+        let _ = self.fs.remove(&temp);
+        let file = self.fs.create(&temp).map_err(|e| fail("create", &e))?;
+        let mut out = CountingWriter { file: FileWriter(file), bytes: 0 };
+        write(&mut out)?;
+        out.file.0.sync_data().map_err(|e| fail("sync", &e))?;
+        self.fs.rename(&temp, &path).map_err(|e| fail("rename into", &e))?;
+        self.fs.sync_dir(dir).map_err(|e| fail("sync the directory of", &e))?;
+        Ok(out.bytes)
+    }
+}
+
+/// A writer that counts what goes through it.
+struct CountingWriter {
+    file: FileWriter,
+    bytes: u64,
+}
+
+impl Write for &mut CountingWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(bytes)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}

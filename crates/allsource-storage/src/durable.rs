@@ -1,0 +1,111 @@
+//! The durable log of a data directory: the WAL for what is recent, sealed Parquet
+//! chunks (the archive) for the rest. Appends go to the WAL; once enough committed
+//! events follow the last sealed one, the engine seals them into a chunk, and the WAL
+//! segments the chunk covers are removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use allsource_core_types::{Error, Event, Position};
+use parking_lot::Mutex;
+
+use crate::archive::Archive;
+use crate::fs::{Fs, RealFs};
+use crate::wal::{create_dir_durably, lock_data_dir, RecoveryBase};
+use crate::{Log, LogInfo, RecoveryReport, Wal, WalConfig};
+
+/// The WAL subdirectory of a data directory.
+pub const WAL_DIR: &str = "wal";
+
+/// A data directory: sealed chunks plus the WAL tail.
+pub struct DurableLog {
+    wal: Wal,
+    archive: Archive,
+    chunk_events: u64,
+    data_dir: PathBuf,
+    recovered: Mutex<Option<Vec<Event>>>,
+}
+
+impl DurableLog {
+    /// Opens the data directory `data_dir` on the real file system (creating it if
+    /// missing), holding its lock file, and recovers it.
+    pub fn open_dir(data_dir: &Path, config: WalConfig) -> Result<(DurableLog, RecoveryReport), Error> {
+        let fs = RealFs;
+        create_dir_durably(&fs, data_dir)?;
+        let lock = lock_data_dir(data_dir)?;
+        let (mut log, report) = DurableLog::open(Arc::new(fs), data_dir, config)?;
+        log.wal.hold_lock(lock, data_dir);
+        Ok((log, report))
+    }
+
+    /// Opens the data directory `data_dir` of `fs` (no lock: for tests on simulated
+    /// file systems), and recovers it: the archive's chunks, then the WAL after them.
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        data_dir: &Path,
+        config: WalConfig,
+    ) -> Result<(DurableLog, RecoveryReport), Error> {
+        create_dir_durably(fs.as_ref(), data_dir)?;
+        let (archive, mut events) = Archive::open(fs.clone(), data_dir)?;
+        let chunks = archive.chunks().len() as u64;
+        let archived_events = events.len() as u64;
+        let chunk_events = config.chunk_events.max(1);
+        let (wal, mut report) =
+            Wal::open_after(fs, &data_dir.join(WAL_DIR), config, RecoveryBase::after(&events))?;
+        events.extend(wal.recover()?);
+        report.chunks = chunks;
+        report.archived_events = archived_events;
+        report.events = events.len() as u64;
+        let log = DurableLog {
+            wal,
+            archive,
+            chunk_events,
+            data_dir: data_dir.to_path_buf(),
+            recovered: Mutex::new(Some(events)),
+        };
+        Ok((log, report))
+    }
+}
+
+impl Log for DurableLog {
+    fn append(&self, events: &[Arc<Event>]) -> Result<(), Error> {
+        self.wal.append(events)
+    }
+
+    fn recover(&self) -> Result<Vec<Event>, Error> {
+        Ok(self.recovered.lock().take().unwrap_or_default())
+    }
+
+    fn describe(&self) -> LogInfo {
+        let chunks = self.archive.chunks();
+        LogInfo {
+            kind: "wal+parquet",
+            data_dir: Some(self.data_dir.display().to_string()),
+            sealed_position: chunks.last().map_or(0, |c| c.last_position),
+            chunks: chunks.len() as u64,
+            chunk_bytes: chunks.iter().map(|c| c.bytes).sum(),
+            ..self.wal.describe()
+        }
+    }
+
+    fn chunk_events(&self) -> Option<u64> {
+        Some(self.chunk_events)
+    }
+
+    fn sealed_position(&self) -> Position {
+        self.archive.last_position()
+    }
+
+    fn seal(&self, events: &[Arc<Event>]) -> Result<(), Error> {
+        let entry = self.archive.seal(events)?;
+        let removed = self.wal.remove_through(entry.last_position)?;
+        tracing::info!(
+            chunk = %entry.file,
+            events = events.len(),
+            bytes = entry.bytes,
+            wal_segments_removed = removed,
+            "sealed a chunk"
+        );
+        Ok(())
+    }
+}

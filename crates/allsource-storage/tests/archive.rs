@@ -1,0 +1,148 @@
+//! Sealed chunks: what a crash leaves around a seal is cleaned up, a damaged chunk or
+//! manifest refuses to start naming the file, and the WAL never ends before the chunks.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use allsource_core_types::Event;
+use allsource_storage::fs::Fs;
+use allsource_storage::sim::{CrashKind, SimFs};
+use allsource_storage::{DurableLog, Log, SyncMode, WalConfig};
+
+fn config() -> WalConfig {
+    WalConfig { sync: SyncMode::Always, segment_bytes_max: 600, chunk_events: 4 }
+}
+
+fn open(fs: &SimFs) -> Result<(DurableLog, allsource_storage::RecoveryReport), allsource_core_types::Error> {
+    DurableLog::open(Arc::new(fs.clone()), Path::new("/data"), config())
+}
+
+fn events() -> Vec<Arc<Event>> {
+    common::fixture::fixture_groups().into_iter().flatten().collect()
+}
+
+fn plain(events: &[Arc<Event>]) -> Vec<Event> {
+    events.iter().map(|e| (**e).clone()).collect()
+}
+
+/// A directory with the 8 fixture events appended and the first 4 sealed.
+fn sealed_once() -> SimFs {
+    let fs = SimFs::new();
+    let (log, _) = open(&fs).unwrap();
+    for group in common::fixture::fixture_groups() {
+        log.append(&group).unwrap();
+    }
+    log.seal(&events()[..4]).unwrap();
+    fs
+}
+
+fn chunk_paths(fs: &SimFs) -> Vec<PathBuf> {
+    fs.paths().into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect()
+}
+
+#[test]
+fn seals_recover_and_leftovers_are_removed() {
+    let fs = sealed_once();
+    // What an interrupted second seal leaves: a temporary file and an unlisted chunk.
+    fs.set_file(
+        Path::new("/data/chunks/00000000000000000005-00000000000000000008.parquet.tmp"),
+        vec![1, 2, 3],
+    );
+    fs.set_file(Path::new("/data/chunks/00000000000000000005-00000000000000000008.parquet"), vec![4, 5]);
+    fs.set_file(Path::new("/data/MANIFEST.tmp"), b"{".to_vec());
+    let (log, report) = open(&fs).unwrap();
+    assert_eq!((report.chunks, report.archived_events, report.events), (1, 4, 8));
+    assert_eq!(log.recover().unwrap(), plain(&events()));
+    assert_eq!(chunk_paths(&fs).len(), 1, "{:?}", fs.paths());
+    assert!(!fs.paths().iter().any(|p| p.to_string_lossy().ends_with(".tmp")), "{:?}", fs.paths());
+    // The second seal now goes through.
+    log.seal(&events()[4..]).unwrap();
+    drop(log);
+    let (log, report) = open(&fs).unwrap();
+    assert_eq!((report.chunks, report.events), (2, 8));
+    assert_eq!(log.recover().unwrap(), plain(&events()));
+}
+
+#[test]
+fn every_crash_point_of_a_seal_recovers_every_event() {
+    for fail_at in 1..=12u64 {
+        for kind in [CrashKind::Process, CrashKind::Power] {
+            let fs = SimFs::new();
+            let (log, _) = open(&fs).unwrap();
+            for group in common::fixture::fixture_groups() {
+                log.append(&group).unwrap();
+            }
+            fs.fail_operation(fail_at);
+            let sealed = log.seal(&events()[..4]).is_ok() && log.seal(&events()[4..]).is_ok();
+            drop(log);
+            for seed in 0..3 {
+                let image = fs.crash_image(kind, seed);
+                let (log, report) =
+                    open(&image).unwrap_or_else(|e| panic!("fail_at {fail_at} {kind:?}: {e}"));
+                assert_eq!(
+                    log.recover().unwrap(),
+                    plain(&events()),
+                    "fail_at {fail_at} {kind:?} seed {seed}"
+                );
+                if sealed && kind == CrashKind::Process {
+                    assert_eq!(report.chunks, 2);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_damaged_chunk_or_manifest_refuses_to_start_naming_it() {
+    let chunk = "/data/chunks/00000000000000000001-00000000000000000004.parquet";
+    type Damage = Box<dyn Fn(&SimFs)>;
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            chunk,
+            Box::new(|fs: &SimFs| {
+                let mut bytes = fs.file(Path::new(chunk)).unwrap();
+                let middle = bytes.len() / 2;
+                bytes.truncate(middle);
+                fs.set_file(Path::new(chunk), bytes);
+            }),
+        ),
+        (chunk, Box::new(|fs: &SimFs| fs.remove(Path::new(chunk)).unwrap())),
+        (
+            "MANIFEST",
+            Box::new(|fs: &SimFs| {
+                fs.set_file(Path::new("/data/MANIFEST"), b"{\"format\": 1, \"chun".to_vec())
+            }),
+        ),
+    ];
+    for (name, damage) in cases {
+        let fs = sealed_once();
+        damage(&fs);
+        let error = open(&fs).err().unwrap_or_else(|| panic!("damage to {name} was accepted"));
+        assert!(error.to_string().contains(name), "{error}");
+        assert!(error.to_string().contains("refusing to start"), "{error}");
+    }
+}
+
+#[test]
+fn sealed_wal_segments_are_removed_and_skipped() {
+    let fs = SimFs::new();
+    let (log, _) = open(&fs).unwrap();
+    for group in common::fixture::fixture_groups() {
+        log.append(&group).unwrap();
+    }
+    let segments_before = log.describe().segments;
+    assert!(segments_before >= 2);
+    log.seal(&events()[..4]).unwrap();
+    log.seal(&events()[4..]).unwrap();
+    let info = log.describe();
+    assert_eq!((info.sealed_position, info.chunks), (8, 2));
+    assert_eq!(info.segments, 1, "only the open segment is kept");
+    drop(log);
+    let (log, report) = open(&fs).unwrap();
+    assert_eq!((report.archived_events, report.events), (8, 8));
+    assert_eq!(log.recover().unwrap(), plain(&events()));
+}
