@@ -14,7 +14,7 @@ use allsource_core::limits::REQUEST_BYTES_MAX;
 use allsource_core::{Error, NewEvent, QueryEventsRequest, Timestamp, Uuid};
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use axum::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use serde::de::DeserializeOwned;
@@ -109,23 +109,137 @@ impl<S: Send + Sync> FromRequestParts<S> for EventsQuery {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
         let mut params = QueryParams::from_request_parts(parts, state).await?;
-        let request = QueryEventsRequest {
-            entity_id: params.take("entity_id")?,
-            event_type: params.take("event_type")?,
-            since: params.take("since")?.map(|v| parse_timestamp("since", &v, Bound::Lower)).transpose()?,
-            until: params.take("until")?.map(|v| parse_timestamp("until", &v, Bound::Upper)).transpose()?,
-            as_of: params.take("as_of")?.map(|v| parse_timestamp("as_of", &v, Bound::Upper)).transpose()?,
-            after: params
-                .take("after")?
-                .map(|v| parse_number("after", &v, "a position (an integer >= 0)"))
-                .transpose()?,
-            limit: params
-                .take("limit")?
-                .map(|v| parse_number("limit", &v, "an integer in 1..=10000"))
-                .transpose()?,
-        };
+        let mut request = filters(&mut params)?;
+        request.limit = params
+            .take("limit")?
+            .map(|v| parse_number("limit", &v, "an integer in 1..=10000"))
+            .transpose()?;
         params.finish()?;
         Ok(EventsQuery(request))
+    }
+}
+
+/// The query string of `GET /api/v1/export/{parquet,arrow}`: the query's filters
+/// without `limit` (an export is every match; a `limit` is rejected as an unknown
+/// parameter rather than silently ignored). The returned request's `limit` is `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportQuery(pub QueryEventsRequest);
+
+impl<S: Send + Sync> FromRequestParts<S> for ExportQuery {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let mut params = QueryParams::from_request_parts(parts, state).await?;
+        let request = filters(&mut params)?;
+        params.finish()?;
+        Ok(ExportQuery(request))
+    }
+}
+
+/// The filters of a query (every parameter but `limit`), parsed; not yet validated
+/// (that is the engine's `Query::try_from`).
+fn filters(params: &mut QueryParams) -> Result<QueryEventsRequest, AppError> {
+    Ok(QueryEventsRequest {
+        entity_id: params.take("entity_id")?,
+        event_type: params.take("event_type")?,
+        since: params.take("since")?.map(|v| parse_timestamp("since", &v, Bound::Lower)).transpose()?,
+        until: params.take("until")?.map(|v| parse_timestamp("until", &v, Bound::Upper)).transpose()?,
+        as_of: params.take("as_of")?.map(|v| parse_timestamp("as_of", &v, Bound::Upper)).transpose()?,
+        after: params
+            .take("after")?
+            .map(|v| parse_number("after", &v, "a position (an integer >= 0)"))
+            .transpose()?,
+        limit: None,
+    })
+}
+
+/// The media type of an Arrow IPC stream.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// The representation of a query's answer the client asked for with `Accept`.
+///
+/// Arrow only when the `Accept` header names [`ARROW_STREAM`] exactly (any case,
+/// parameters other than `q` ignored) with `q > 0`, and JSON is not preferred: a
+/// higher `q` for JSON (named exactly or through `application/*` or `*/*`, the most
+/// specific range deciding) wins, and so does JSON named exactly with the same `q`.
+/// Everything else is JSON: no `Accept`, `*/*`, `application/json`, and also an
+/// `Accept` that allows neither (`text/html`): the server is lenient rather than
+/// answering `406`, which the contract does not have. A range with a malformed `q` is
+/// ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryFormat {
+    /// `application/json`, the default.
+    Json,
+    /// `application/vnd.apache.arrow.stream`.
+    Arrow,
+}
+
+impl QueryFormat {
+    /// The format that `headers` ask for.
+    pub fn negotiate(headers: &HeaderMap) -> QueryFormat {
+        // q-values in thousandths; JSON's with how specifically it was matched
+        // (3 exact, 2 `application/*`, 1 `*/*`).
+        let mut arrow_q: Option<u16> = None;
+        let mut json: Option<(u8, u16)> = None;
+        for value in headers.get_all(ACCEPT) {
+            let Ok(text) = value.to_str() else { continue };
+            for range in text.split(',') {
+                let mut parts = range.split(';');
+                let media_type = parts.next().unwrap_or_default().trim();
+                if media_type.is_empty() {
+                    continue;
+                }
+                let q = parts
+                    .filter_map(|param| param.split_once('='))
+                    .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+                    .map_or(Some(1000), |(_, value)| parse_qvalue(value.trim()));
+                let Some(q) = q else { continue };
+                if media_type.eq_ignore_ascii_case(ARROW_STREAM) {
+                    arrow_q = arrow_q.max(Some(q));
+                }
+                let specificity = if media_type.eq_ignore_ascii_case("application/json") {
+                    3
+                } else if media_type.eq_ignore_ascii_case("application/*") {
+                    2
+                } else if media_type == "*/*" {
+                    1
+                } else {
+                    0
+                };
+                if specificity > 0 {
+                    json = json.max(Some((specificity, q)));
+                }
+            }
+        }
+        let Some(arrow_q) = arrow_q.filter(|&q| q > 0) else { return QueryFormat::Json };
+        let (json_specificity, json_q) = json.unwrap_or((0, 0));
+        if arrow_q > json_q || (arrow_q == json_q && json_specificity < 3) {
+            QueryFormat::Arrow
+        } else {
+            QueryFormat::Json
+        }
+    }
+}
+
+/// A q-value (`0`, `0.5`, `1.000`) in thousandths; `None` if it is not one.
+fn parse_qvalue(text: &str) -> Option<u16> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if whole.len() != 1 || fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryFormat {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(QueryFormat::negotiate(&parts.headers))
     }
 }
 
@@ -437,6 +551,72 @@ mod tests {
         assert_eq!(format(Some("application/x-ndjson"), true), Some(Ndjson));
         assert_eq!(format(Some("application/ndjson; charset=utf-8"), true), Some(Ndjson));
         assert_eq!(format(Some("application/json"), true), Some(Json));
+    }
+
+    fn negotiate(accept: &[&str]) -> QueryFormat {
+        let mut headers = HeaderMap::new();
+        for value in accept {
+            headers.append(ACCEPT, HeaderValue::from_str(value).unwrap());
+        }
+        QueryFormat::negotiate(&headers)
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        use QueryFormat::{Arrow, Json};
+        let arrow = ARROW_STREAM;
+        for (accept, want) in [
+            (vec![], Json),
+            (vec!["*/*"], Json),
+            (vec!["application/json"], Json),
+            (vec!["text/html"], Json),
+            (vec!["application/*"], Json),
+            (vec![""], Json),
+            (vec![arrow], Arrow),
+            (vec!["Application/VND.Apache.Arrow.Stream"], Arrow),
+            (vec![" application/vnd.apache.arrow.stream ; q=1 "], Arrow),
+            (vec!["application/vnd.apache.arrow.stream, application/json;q=0.5"], Arrow),
+            (vec!["application/json;q=0.5, application/vnd.apache.arrow.stream"], Arrow),
+            (vec!["application/vnd.apache.arrow.stream;q=0.9, */*;q=0.1"], Arrow),
+            (vec!["application/vnd.apache.arrow.stream, */*"], Arrow),
+            (vec!["application/vnd.apache.arrow.stream, application/*"], Arrow),
+            (vec!["text/html, application/vnd.apache.arrow.stream;q=0.1"], Arrow),
+            (vec!["application/vnd.apache.arrow.stream", "application/json;q=0.2"], Arrow),
+            (vec!["application/vnd.apache.arrow.stream;q=0"], Json),
+            (vec!["application/vnd.apache.arrow.stream;q=0.5, application/json"], Json),
+            (vec!["application/vnd.apache.arrow.stream;q=0.5, */*"], Json),
+            (vec!["application/vnd.apache.arrow.stream, application/json"], Json),
+            (vec!["application/json", "application/vnd.apache.arrow.stream"], Json),
+            (vec!["application/vnd.apache.arrow.stream;q=abc"], Json),
+            (vec!["application/vnd.apache.arrow.stream;q=1.5"], Json),
+            (vec!["application/vnd.apache.arrow.file"], Json),
+            (vec!["application/vnd.apache.arrow.streamx"], Json),
+            (vec!["application/vnd.apache.parquet"], Json),
+        ] {
+            assert_eq!(negotiate(&accept), want, "Accept: {accept:?}");
+        }
+    }
+
+    #[test]
+    fn qvalues() {
+        for (text, want) in [
+            ("1", Some(1000)),
+            ("1.", Some(1000)),
+            ("1.000", Some(1000)),
+            ("0", Some(0)),
+            ("0.5", Some(500)),
+            ("0.05", Some(50)),
+            ("0.001", Some(1)),
+            ("1.001", None),
+            ("2", None),
+            ("0.0001", None),
+            (".5", None),
+            ("-0", None),
+            ("0.a", None),
+            ("", None),
+        ] {
+            assert_eq!(parse_qvalue(text), want, "{text:?}");
+        }
     }
 
     #[test]

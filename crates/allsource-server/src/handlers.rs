@@ -11,14 +11,18 @@ use allsource_core::{
     EntityId, Error, Event, EventStore, LogInfo, Position, Stats, Timestamp, Uuid, Version,
 };
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, VARY};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::error::AppError;
-use crate::extract::{AsOfQuery, BatchBody, EventBody, EventIdParam, EventsQuery, NoQuery, PathParams};
+use crate::extract::{
+    AsOfQuery, BatchBody, EventBody, EventIdParam, EventsQuery, NoQuery, PathParams, QueryFormat,
+    ARROW_STREAM,
+};
 
 /// The store, shared by every handler.
 pub(crate) type Store = State<Arc<EventStore>>;
@@ -60,14 +64,40 @@ pub(crate) async fn get_event(
     Ok(Json(store.get_event(id)?))
 }
 
-/// `GET /api/v1/events/query`
+/// `GET /api/v1/events/query`: JSON, or with `Accept: application/vnd.apache.arrow.stream`
+/// the same page as an Arrow IPC stream, its count and cursor in `X-Count` and
+/// `X-Next-After` (absent on the last page). Errors are JSON either way.
 pub(crate) async fn query_events(
     State(store): Store,
+    format: QueryFormat,
     EventsQuery(request): EventsQuery,
-) -> Result<Json<QueryResponse>, AppError> {
-    let page = store.query(request)?;
-    Ok(Json(QueryResponse { count: page.events.len(), events: page.events, next_after: page.next_after }))
+) -> Result<Response, AppError> {
+    let mut response = match format {
+        QueryFormat::Json => {
+            let page = store.query(request)?;
+            Json(QueryResponse { count: page.events.len(), events: page.events, next_after: page.next_after })
+                .into_response()
+        }
+        QueryFormat::Arrow => {
+            let (stream, count, next_after) = store.query_arrow_ipc(request)?;
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(ARROW_STREAM));
+            headers.insert(X_COUNT, HeaderValue::from(count));
+            if let Some(next_after) = next_after {
+                headers.insert(X_NEXT_AFTER, HeaderValue::from(next_after));
+            }
+            (headers, stream).into_response()
+        }
+    };
+    // The answer depends on `Accept`: caches must not serve one for the other.
+    response.headers_mut().insert(VARY, HeaderValue::from_static("accept"));
+    Ok(response)
 }
+
+/// The number of events in an Arrow query response.
+const X_COUNT: HeaderName = HeaderName::from_static("x-count");
+/// The paging cursor of an Arrow query response (absent on the last page).
+const X_NEXT_AFTER: HeaderName = HeaderName::from_static("x-next-after");
 
 /// `GET /api/v1/entities/{entity_id}/state`
 pub(crate) async fn entity_state(

@@ -26,11 +26,13 @@
 //!
 //! The modules: [`config`] (flags and environment), [`error`] (every failure as the
 //! contract's JSON error), `extract` (bodies, paths and query strings into the
-//! engine's types), `handlers` (thin: extract, call the engine, map the result) and
-//! `routes` (the router and its layers).
+//! engine's types), `handlers` (thin: extract, call the engine, map the result),
+//! `export` (Parquet and Arrow exports, streamed from a blocking thread) and `routes`
+//! (the router and its layers).
 
 pub mod config;
 pub mod error;
+mod export;
 mod extract;
 mod handlers;
 mod routes;

@@ -16,7 +16,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::AppError;
-use crate::handlers;
+use crate::{export, handlers};
 
 /// The whole HTTP API over `store`, ready to serve or to drive in tests with
 /// `tower::ServiceExt::oneshot`.
@@ -32,6 +32,8 @@ pub fn app(store: Arc<EventStore>) -> Router {
         .route("/api/v1/stats", get(handlers::stats))
         .route("/api/v1/projections", get(handlers::projections))
         .route("/api/v1/projections/{name}/{key}", get(handlers::projection_state))
+        .route("/api/v1/export/parquet", get(export::export_parquet))
+        .route("/api/v1/export/arrow", get(export::export_arrow))
         // Must come after the routes: it is installed on each route present.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -14,7 +14,7 @@ use allsource_core::{Error, Event, EventStore, Log, LogInfo, Result};
 use axum::body::Body;
 use axum::http::Request;
 use common::inproc::InProcess;
-use common::{check, event, ok, scenarios, stats, Client, Req};
+use common::{check, columnar, event, ok, scenarios, stats, Client, Req};
 use serde_json::{json, Value};
 
 macro_rules! scenario_tests {
@@ -51,6 +51,30 @@ scenario_tests!(
     stats_and_projections,
     optimistic_concurrency,
 );
+
+macro_rules! columnar_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                columnar::$name(&InProcess::new());
+            }
+        )*
+    };
+}
+
+columnar_tests!(
+    arrow_query_matches_json,
+    arrow_accept_negotiation,
+    columnar_errors_are_json,
+    export_matches_query
+);
+
+/// 70,000 events: 18 pages of the export, two Parquet row groups.
+#[test]
+fn big_export() {
+    columnar::big_export(&InProcess::new(), 70_000, 16);
+}
 
 #[test]
 fn occ_race() {

@@ -5,13 +5,15 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::process::{read_one_reply, request_bytes, send_raw, spawn, Server, STARTUP_TIMEOUT};
-use common::{all_events, append, append_batch, assert_error, event, ok, scenarios, stats, Client, Req};
+use common::{
+    all_events, append, append_batch, assert_error, columnar, event, ok, scenarios, stats, Client, Req,
+};
 use serde_json::json;
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -50,6 +52,64 @@ scenario_tests!(
     stats_and_projections,
     optimistic_concurrency,
 );
+
+macro_rules! columnar_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                columnar::$name(&Server::start());
+            }
+        )*
+    };
+}
+
+columnar_tests!(
+    arrow_query_matches_json,
+    arrow_accept_negotiation,
+    columnar_errors_are_json,
+    export_matches_query
+);
+
+/// 70,000 events exported through the real binary over HTTP: streamed (chunked, no
+/// `Content-Length`), every event once, equal to the JSON API's.
+#[test]
+fn big_export() {
+    let server = Server::start();
+    columnar::big_export(&server, 70_000, 16);
+    for format in ["parquet", "arrow"] {
+        let reply = server.send(Req::get(format!("/api/v1/export/{format}?after=69000")));
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("transfer-encoding"), Some("chunked"), "{format}");
+        assert_eq!(reply.header("content-length"), None, "{format}");
+    }
+    server.wait_for_log(&["export finished", "events=1000"], EXIT_TIMEOUT);
+}
+
+/// A client that goes away in the middle of an export stops it (the server logs it),
+/// and the server goes on serving.
+#[test]
+fn an_export_stops_when_the_client_goes_away() {
+    let server = Server::start();
+    // About 40 MB as an Arrow stream: far more than the socket buffers and the export's
+    // channel hold, so the export is still running when the client leaves.
+    let pad = "y".repeat(500);
+    for batch in 0..7 {
+        let events: Vec<_> =
+            (0..10_000).map(|i| event(&format!("e{i}"), "t", json!({"batch": batch, "pad": pad}))).collect();
+        append_batch(&server, &events);
+    }
+    let mut stream = server.connect();
+    stream.write_all(&request_bytes(server.addr, &Req::get("/api/v1/export/arrow"))).unwrap();
+    let mut start = vec![0u8; 256 * 1024];
+    stream.read_exact(&mut start).unwrap();
+    assert!(start.starts_with(b"HTTP/1.1 200 OK\r\n"), "{}", String::from_utf8_lossy(&start[..64]));
+    drop(stream);
+    server.wait_for_log(&["export stopped: the client went away"], EXIT_TIMEOUT);
+    ok(&server, Req::get("/health"), 200);
+    let reply = server.send(Req::get("/api/v1/export/parquet?after=69990"));
+    assert_eq!(columnar::read_parquet(&reply.body).0.len(), 10);
+}
 
 #[test]
 fn occ_race() {

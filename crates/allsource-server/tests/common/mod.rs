@@ -6,6 +6,7 @@
 //! Each test crate uses only part of this module.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod columnar;
 pub mod inproc;
 pub mod process;
 pub mod scenarios;
