@@ -11,6 +11,7 @@ use allsource_core_types::{
 };
 use allsource_index::{first_position_where, IdIndex, PositionIndex, PositionRange};
 use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
+use allsource_storage::archive::Checkpoint;
 use allsource_storage::columnar::{IpcStreamWriter, ParquetFileWriter};
 use allsource_storage::{DurableLog, Log, LogInfo, MemoryLog, RecoveryReport, WalConfig};
 use foldhash::fast::RandomState;
@@ -225,7 +226,8 @@ impl EventStore {
         let group_commit = log.describe().durable;
         let recovered = log.recover()?;
         let inner = Arc::new(Inner::new(log, group_commit));
-        inner.recover(recovered)?;
+        let checkpoint = inner.log.read_checkpoint();
+        inner.recover(recovered, checkpoint)?;
         let mut store = EventStore { inner, threads: Vec::new() };
         if group_commit {
             let (to_publisher, from_writer) = std::sync::mpsc::channel();
@@ -356,7 +358,12 @@ impl Inner {
 
     /// Rebuilds every table from the log's events, checking that positions and
     /// versions are gapless.
-    fn recover(&self, recovered: Vec<Event>) -> Result<()> {
+    ///
+    /// A projection checkpoint that matches the log (the event at its position has its
+    /// id and timestamp) is restored, and those projections see only the events after
+    /// it; one that does not match is ignored, never trusted.
+    fn recover(&self, recovered: Vec<Event>, checkpoint: Option<Checkpoint>) -> Result<()> {
+        let (restored, restored_through) = self.restore_checkpoint(&recovered, checkpoint);
         let mut sequencer = self.sequencer.lock();
         let mut last = 0;
         for event in recovered {
@@ -387,11 +394,66 @@ impl Inner {
             sequencer.versions.insert(event.entity_id.clone(), event.version);
             sequencer.event_types.insert(event.event_type.clone());
             self.index(&event);
-            self.publish(&event);
+            let except: &[String] = if event.position <= restored_through { &restored } else { &[] };
+            self.publish_except(&event, except);
             last = event.position;
         }
         self.committed.store(last, Ordering::Release);
         Ok(())
+    }
+
+    /// Restores the projections from `checkpoint` if it matches `recovered`; returns
+    /// the names restored and the position they are restored to.
+    fn restore_checkpoint(
+        &self,
+        recovered: &[Event],
+        checkpoint: Option<Checkpoint>,
+    ) -> (Vec<String>, Position) {
+        let Some(checkpoint) = checkpoint else { return (Vec::new(), 0) };
+        let matches = checkpoint.position >= 1
+            && usize::try_from(checkpoint.position - 1).ok().and_then(|i| recovered.get(i)).is_some_and(
+                |e| {
+                    e.position == checkpoint.position
+                        && e.id == checkpoint.event_id
+                        && e.timestamp.as_micros() == checkpoint.timestamp_micros
+                },
+            );
+        if !matches {
+            tracing::warn!(
+                position = checkpoint.position,
+                "ignoring a projection checkpoint that does not match the log"
+            );
+            return (Vec::new(), 0);
+        }
+        match self.projections.restore(checkpoint.projections) {
+            Ok(restored) => {
+                tracing::info!(position = checkpoint.position, projections = ?restored, "restored projections from a checkpoint");
+                (restored, checkpoint.position)
+            }
+            Err((projection, error)) => {
+                tracing::warn!(projection, %error, "ignoring a projection checkpoint that does not restore");
+                (Vec::new(), 0)
+            }
+        }
+    }
+
+    /// Checkpoints the projections at the committed position, between two published
+    /// groups. A failure is logged: a checkpoint only saves replay time.
+    fn write_checkpoint(&self) {
+        let checkpoint = {
+            let _apply = self.apply_lock.lock();
+            let position = self.committed.load(Ordering::Acquire);
+            let Some(event) = self.table.get(position) else { return };
+            Checkpoint {
+                position,
+                event_id: event.id,
+                timestamp_micros: event.timestamp.as_micros(),
+                projections: self.projections.checkpoint(),
+            }
+        };
+        if let Err(error) = self.log.write_checkpoint(&checkpoint) {
+            tracing::warn!(%error, "could not write a projection checkpoint");
+        }
     }
 
     fn failure(&self) -> Option<Error> {
@@ -612,12 +674,18 @@ impl Inner {
                 tracing::error!(%error, "sealing a chunk failed; the WAL keeps every event; sealing stops");
                 return;
             }
+            self.write_checkpoint();
         }
     }
 
     /// Feeds a committed event to the projections.
     fn publish(&self, event: &Event) {
-        for (projection, error) in self.projections.process(event) {
+        self.publish_except(event, &[]);
+    }
+
+    /// Feeds a committed event to the projections not named in `except`.
+    fn publish_except(&self, event: &Event, except: &[String]) {
+        for (projection, error) in self.projections.process_except(event, except) {
             tracing::warn!(projection, %error, position = event.position, "projection failed on an event");
         }
     }

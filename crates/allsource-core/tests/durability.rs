@@ -239,3 +239,51 @@ fn full_chunks_are_sealed_into_parquet_and_the_wal_shrinks() {
     let next = store.ingest(Event::new("t".into(), "e1".into(), json!({}))).unwrap();
     assert_eq!(next.position, 24);
 }
+
+#[test]
+fn projection_checkpoints_are_restored_when_they_match_the_log_and_ignored_otherwise() {
+    let fs = SimFs::new();
+    let expected = {
+        let store = open(&fs);
+        for i in 0..12 {
+            store
+                .ingest(Event::new(
+                    "t".into(),
+                    format!("e{}", i % 2),
+                    json!({"i": i, "tag": format!("v{i}")}),
+                ))
+                .unwrap();
+        }
+        let expected =
+            (store.snapshot("e0").unwrap(), store.projection("event_counters").unwrap().get_state("t"));
+        drop(store); // seals 10 events, then checkpoints the projections at the committed 12
+        expected
+    };
+    let checkpoint_path = Path::new("/data/CHECKPOINT");
+    let checkpoint: serde_json::Value = serde_json::from_slice(&fs.file(checkpoint_path).unwrap()).unwrap();
+    assert_eq!(checkpoint["position"], 12);
+    assert_eq!(checkpoint["projections"]["event_counters"]["t"], 12);
+
+    // A matching checkpoint is restored: a state planted in it shows, so it was used.
+    let mut planted = checkpoint.clone();
+    planted["projections"]["event_counters"]["t"] = json!(1000);
+    fs.set_file(checkpoint_path, serde_json::to_vec(&planted).unwrap());
+    {
+        let store = open(&fs);
+        let counters = store.projection("event_counters").unwrap();
+        assert_eq!(counters.get_state("t"), Some(json!({"count": 1000})), "restored, not replayed");
+        assert_eq!(store.snapshot("e0").unwrap(), expected.0);
+    }
+
+    // A checkpoint that does not match the log (another event at its position), or that
+    // does not read, is ignored: the projections are rebuilt by replay.
+    let mut foreign = checkpoint.clone();
+    foreign["event_id"] = json!(Uuid::nil());
+    for bad in [serde_json::to_vec(&foreign).unwrap(), b"{not json".to_vec()] {
+        fs.set_file(checkpoint_path, bad);
+        let store = open(&fs);
+        assert_eq!(store.projection("event_counters").unwrap().get_state("t"), expected.1);
+        assert_eq!(store.snapshot("e0").unwrap(), expected.0);
+        assert_eq!(store.snapshot("e0").unwrap(), store.reconstruct_state("e0", None).unwrap());
+    }
+}

@@ -54,6 +54,20 @@ pub trait Projection: Send + Sync {
 
     /// Forgets everything, as before the first event.
     fn clear(&self);
+
+    /// The whole state, for a checkpoint, so that a restart need not replay the events
+    /// before it. `None` (the default): this projection is not checkpointed and is
+    /// rebuilt by replay.
+    fn checkpoint(&self) -> Option<Value> {
+        None
+    }
+
+    /// Replaces the whole state with one [`Projection::checkpoint`] returned. An error
+    /// makes the engine ignore the checkpoint and replay instead.
+    fn restore(&self, state: Value) -> Result<()> {
+        let _ = state;
+        Err(allsource_core_types::Error::Internal(format!("projection '{}' cannot restore", self.name())))
+    }
 }
 
 /// Applies `patch` to `state` as a JSON Merge Patch (RFC 7386): object keys merge
@@ -144,6 +158,44 @@ impl Projection for EntitySnapshots {
     fn clear(&self) {
         self.snapshots.clear();
     }
+
+    fn checkpoint(&self) -> Option<Value> {
+        let entities: serde_json::Map<String, Value> = self
+            .snapshots
+            .iter()
+            .map(|entry| {
+                let snapshot = entry.value();
+                let state = json!([snapshot.state, snapshot.version, snapshot.last_event_at.as_micros()]);
+                (entry.key().to_string(), state)
+            })
+            .collect();
+        Some(Value::Object(entities))
+    }
+
+    fn restore(&self, state: Value) -> Result<()> {
+        let bad = |why: &str| {
+            allsource_core_types::Error::Internal(format!("bad entity_snapshots checkpoint: {why}"))
+        };
+        let Value::Object(entities) = state else { return Err(bad("not an object")) };
+        let mut restored = Vec::with_capacity(entities.len());
+        for (entity, snapshot) in entities {
+            let Value::Array(mut parts) = snapshot else { return Err(bad("a snapshot is not an array")) };
+            let (Some(micros), Some(version)) =
+                (parts.get(2).and_then(Value::as_i64), parts.get(1).and_then(Value::as_u64))
+            else {
+                return Err(bad("a snapshot lacks its version or time"));
+            };
+            let state = parts.swap_remove(0);
+            let entity = EntityId::try_from(entity).map_err(|e| bad(&e.to_string()))?;
+            restored
+                .push((entity, Snapshot { state, version, last_event_at: Timestamp::from_micros(micros) }));
+        }
+        self.snapshots.clear();
+        for (entity, snapshot) in restored {
+            self.snapshots.insert(entity, snapshot);
+        }
+        Ok(())
+    }
 }
 
 /// The number of events of each type.
@@ -188,6 +240,29 @@ impl Projection for EventCounters {
 
     fn clear(&self) {
         self.counts.clear();
+    }
+
+    fn checkpoint(&self) -> Option<Value> {
+        let counts: serde_json::Map<String, Value> =
+            self.counts.iter().map(|entry| (entry.key().to_string(), json!(*entry.value()))).collect();
+        Some(Value::Object(counts))
+    }
+
+    fn restore(&self, state: Value) -> Result<()> {
+        let bad = |why: &str| {
+            allsource_core_types::Error::Internal(format!("bad event_counters checkpoint: {why}"))
+        };
+        let Value::Object(counts) = state else { return Err(bad("not an object")) };
+        let mut restored = Vec::with_capacity(counts.len());
+        for (event_type, count) in counts {
+            let count = count.as_u64().ok_or_else(|| bad("a count is not a number"))?;
+            restored.push((EventType::try_from(event_type).map_err(|e| bad(&e.to_string()))?, count));
+        }
+        self.counts.clear();
+        for (event_type, count) in restored {
+            self.counts.insert(event_type, count);
+        }
+        Ok(())
     }
 }
 
@@ -252,16 +327,59 @@ impl ProjectionRegistry {
         self.all.read().iter().map(|p| p.name().to_string()).collect()
     }
 
-    /// Feeds one committed event to every projection, in registration order; returns
-    /// the failures, by projection name, for the caller to report.
-    pub fn process(&self, event: &Event) -> Vec<(String, allsource_core_types::Error)> {
+    /// The checkpoint of every projection that has one, by name.
+    pub fn checkpoint(&self) -> serde_json::Map<String, Value> {
+        self.all
+            .read()
+            .iter()
+            .filter_map(|p| p.checkpoint().map(|state| (p.name().to_string(), state)))
+            .collect()
+    }
+
+    /// Restores every projection that has a state in `checkpoints`; returns the names
+    /// of those restored. On a failure every projection is cleared and the failure
+    /// returned, so that the caller replays from the start instead.
+    pub fn restore(
+        &self,
+        mut checkpoints: serde_json::Map<String, Value>,
+    ) -> std::result::Result<Vec<String>, (String, allsource_core_types::Error)> {
+        let all = self.all.read();
+        let mut restored = Vec::new();
+        for projection in all.iter() {
+            let Some(state) = checkpoints.remove(projection.name()) else { continue };
+            if let Err(error) = projection.restore(state) {
+                for projection in all.iter() {
+                    projection.clear();
+                }
+                return Err((projection.name().to_string(), error));
+            }
+            restored.push(projection.name().to_string());
+        }
+        Ok(restored)
+    }
+
+    /// Feeds one committed event to every projection not named in `except`.
+    pub fn process_except(
+        &self,
+        event: &Event,
+        except: &[String],
+    ) -> Vec<(String, allsource_core_types::Error)> {
         let mut failures = Vec::new();
         for projection in self.all.read().iter() {
+            if except.iter().any(|name| name == projection.name()) {
+                continue;
+            }
             if let Err(error) = projection.process(event) {
                 failures.push((projection.name().to_string(), error));
             }
         }
         failures
+    }
+
+    /// Feeds one committed event to every projection, in registration order; returns
+    /// the failures, by projection name, for the caller to report.
+    pub fn process(&self, event: &Event) -> Vec<(String, allsource_core_types::Error)> {
+        self.process_except(event, &[])
     }
 }
 

@@ -17,6 +17,8 @@ use crate::fs::{AppendFile, Fs};
 
 /// The manifest's file name, in the data directory.
 pub const MANIFEST_FILE: &str = "MANIFEST";
+/// The projection checkpoint's file name, in the data directory.
+pub const CHECKPOINT_FILE: &str = "CHECKPOINT";
 /// The directory of the chunk files, in the data directory.
 pub const CHUNKS_DIR: &str = "chunks";
 /// The manifest format this code writes.
@@ -47,6 +49,20 @@ impl Manifest {
     fn last_position(&self) -> Position {
         self.chunks.last().map_or(0, |c| c.last_position)
     }
+}
+
+/// The state of the checkpointed projections after the event at `position`, and what
+/// identifies that event, so that a checkpoint that does not match the log is ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The last event the projections' state includes.
+    pub position: Position,
+    /// That event's id ...
+    pub event_id: uuid::Uuid,
+    /// ... and timestamp, in microseconds.
+    pub timestamp_micros: i64,
+    /// Each checkpointed projection's state, by name.
+    pub projections: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The sealed chunks of a data directory.
@@ -219,6 +235,37 @@ impl Archive {
         })?;
         *manifest = next;
         Ok(entry)
+    }
+
+    /// Replaces the projection checkpoint, durably (temporary file, fsync, rename,
+    /// fsync the directory): a crash leaves the old checkpoint or the new one.
+    pub fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), Error> {
+        let text = serde_json::to_vec(checkpoint).map_err(|e| Error::Internal(format!("checkpoint: {e}")))?;
+        self.write_durably(&self.data_dir, CHECKPOINT_FILE, |mut out| {
+            out.write_all(&text).map_err(|e| storage_error(format!("cannot write the checkpoint: {e}")))
+        })
+        .map(drop)
+    }
+
+    /// The projection checkpoint, if there is one that reads; one that does not is
+    /// logged and ignored (the projections are then rebuilt by replay).
+    pub fn read_checkpoint(&self) -> Option<Checkpoint> {
+        let path = self.data_dir.join(CHECKPOINT_FILE);
+        let bytes = match self.fs.read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read the checkpoint; replaying instead");
+                return None;
+            }
+        };
+        match serde_json::from_slice(&bytes) {
+            Ok(checkpoint) => Some(checkpoint),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "ignoring a checkpoint that does not read");
+                None
+            }
+        }
     }
 
     /// Writes `dir/name` durably: to `name.tmp`, fsync, rename over `name`, fsync

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use allsource_core_types::{Error, Event, Position};
 use parking_lot::Mutex;
 
-use crate::archive::Archive;
+use crate::archive::{Archive, Checkpoint};
 use crate::fs::{Fs, RealFs};
 use crate::wal::{create_dir_durably, lock_data_dir, RecoveryBase};
 use crate::{Log, LogInfo, RecoveryReport, Wal, WalConfig};
@@ -94,6 +94,14 @@ impl Log for DurableLog {
 
     fn sealed_position(&self) -> Position {
         self.archive.last_position()
+    }
+
+    fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), Error> {
+        self.archive.write_checkpoint(checkpoint)
+    }
+
+    fn read_checkpoint(&self) -> Option<Checkpoint> {
+        self.archive.read_checkpoint()
     }
 
     fn seal(&self, events: &[Arc<Event>]) -> Result<(), Error> {

@@ -66,6 +66,19 @@ pub trait Log: Send + Sync {
         let _ = events;
         Err(Error::Internal("this log does not seal chunks".to_string()))
     }
+
+    /// Keeps a projection checkpoint, replacing the previous one. The default keeps
+    /// nothing.
+    fn write_checkpoint(&self, checkpoint: &archive::Checkpoint) -> Result<(), Error> {
+        let _ = checkpoint;
+        Ok(())
+    }
+
+    /// The projection checkpoint kept, if any, for the engine to check against the log
+    /// and restore.
+    fn read_checkpoint(&self) -> Option<archive::Checkpoint> {
+        None
+    }
 }
 
 /// A description of a log and its figures, for operators (`GET /api/v1/stats`).
