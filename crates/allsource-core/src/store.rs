@@ -130,6 +130,10 @@ impl Decision {
     }
 }
 
+/// A checkpoint during operation is written once at least this many events per entity
+/// were committed since the last one.
+const CHECKPOINT_EVENTS_PER_ENTITY: u64 = 4;
+
 /// What the writer hands the publisher, in write order.
 enum Durable {
     /// A group that is durable, to publish.
@@ -438,12 +442,13 @@ impl Inner {
     }
 
     /// Checkpoints the projections at the committed position, between two published
-    /// groups. A failure is logged: a checkpoint only saves replay time.
-    fn write_checkpoint(&self) {
+    /// groups; returns that position. A failure is logged: a checkpoint only saves
+    /// replay time.
+    fn write_checkpoint(&self) -> Option<Position> {
         let checkpoint = {
             let _apply = self.apply_lock.lock();
             let position = self.committed.load(Ordering::Acquire);
-            let Some(event) = self.table.get(position) else { return };
+            let event = self.table.get(position)?;
             Checkpoint {
                 position,
                 event_id: event.id,
@@ -451,8 +456,12 @@ impl Inner {
                 projections: self.projections.checkpoint(),
             }
         };
-        if let Err(error) = self.log.write_checkpoint(&checkpoint) {
-            tracing::warn!(%error, "could not write a projection checkpoint");
+        match self.log.write_checkpoint(&checkpoint) {
+            Ok(()) => Some(checkpoint.position),
+            Err(error) => {
+                tracing::warn!(%error, "could not write a projection checkpoint");
+                None
+            }
         }
     }
 
@@ -647,8 +656,14 @@ impl Inner {
     /// dropped it seals the full chunks still due, then ends. A failed seal loses
     /// nothing (the WAL still holds every event): it is logged, and sealing stops until
     /// the store is reopened.
+    ///
+    /// It also writes the projection checkpoints: after a seal when enough events have
+    /// been committed since the last one to pay for it (a checkpoint costs time in
+    /// proportion to the entities, a replay in proportion to the events), and always
+    /// when the store is dropped, so that a clean restart replays almost nothing.
     fn run_sealer(&self, chunk_events: u64) {
         let (stop, wake) = &self.sealer;
+        let mut checkpointed = self.committed.load(Ordering::Acquire);
         loop {
             {
                 let mut stopped = stop.lock();
@@ -658,6 +673,10 @@ impl Inner {
                         break;
                     }
                     if *stopped {
+                        drop(stopped);
+                        if self.committed.load(Ordering::Acquire) > checkpointed {
+                            self.write_checkpoint();
+                        }
                         return;
                     }
                     wake.wait(&mut stopped);
@@ -674,7 +693,11 @@ impl Inner {
                 tracing::error!(%error, "sealing a chunk failed; the WAL keeps every event; sealing stops");
                 return;
             }
-            self.write_checkpoint();
+            let entities = self.projections.snapshots().len() as u64;
+            let committed = self.committed.load(Ordering::Acquire);
+            if committed - checkpointed >= CHECKPOINT_EVENTS_PER_ENTITY * entities.max(1) {
+                checkpointed = self.write_checkpoint().unwrap_or(checkpointed);
+            }
         }
     }
 
