@@ -12,6 +12,10 @@
 //! one entity are spread over the log (entity `i % n_entities`), as they are in a real
 //! store, so an entity query touches positions far apart rather than one run of them.
 
+/// The benches measure the engine with the allocator the server ships with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

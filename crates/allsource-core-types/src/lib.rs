@@ -20,6 +20,7 @@
 mod error;
 mod event;
 mod ids;
+mod json;
 pub mod limits;
 mod query;
 mod time;
@@ -27,6 +28,7 @@ mod time;
 pub use error::{Error, Result};
 pub use event::{Event, NewEvent, ProposedEvent};
 pub use ids::{EntityId, EventType};
+pub use json::Json;
 pub use query::{Query, QueryEventsRequest};
 pub use time::Timestamp;
 

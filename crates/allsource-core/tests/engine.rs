@@ -237,7 +237,7 @@ impl Projection for Totals {
         "totals"
     }
     fn process(&self, event: &Event) -> allsource_core::Result<()> {
-        let amount = event.payload.get("amount").and_then(Value::as_i64).unwrap_or(0);
+        let amount = event.payload.to_value().get("amount").and_then(Value::as_i64).unwrap_or(0);
         *self.totals.lock().unwrap().entry(event.entity_id.to_string()).or_default() += amount;
         self.seen.lock().unwrap().push(event.position);
         Ok(())

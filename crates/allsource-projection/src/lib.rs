@@ -12,12 +12,12 @@
 //! use serde_json::json;
 //!
 //! let snapshots = EntitySnapshots::default();
-//! let event = |version, payload| Event {
+//! let event = |version, payload: serde_json::Value| Event {
 //!     id: uuid::Uuid::now_v7(),
 //!     event_type: EventType::try_from("user.updated").unwrap(),
 //!     entity_id: EntityId::try_from("user-1").unwrap(),
-//!     payload,
-//!     metadata: json!({}),
+//!     payload: payload.into(),
+//!     metadata: json!({}).into(),
 //!     timestamp: Timestamp::from_micros(version as i64),
 //!     version,
 //!     position: version,
@@ -46,8 +46,17 @@ pub trait Projection: Send + Sync {
     fn name(&self) -> &str;
 
     /// Takes one committed event into account. An error is logged by the engine and
-    /// does not undo the event, which is already committed.
+    /// does not undo the event, which is already committed. `event.payload` is JSON
+    /// text; `event.payload.to_value()` parses it.
     fn process(&self, event: &Event) -> Result<()>;
+
+    /// [`Projection::process`], with the payload already parsed: the engine has it
+    /// from the append and passes it on, so that a projection that needs the value
+    /// does not parse the text again. The default ignores it and calls `process`.
+    fn process_parsed(&self, event: &Event, payload: &Value) -> Result<()> {
+        let _ = payload;
+        self.process(event)
+    }
 
     /// The projection's state for `key`, or `None` when it has none.
     fn get_state(&self, key: &str) -> Option<Value>;
@@ -93,7 +102,7 @@ impl Snapshot {
     pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Snapshot> {
         let mut snapshot: Option<Snapshot> = None;
         for event in events {
-            snapshot.get_or_insert_with(Snapshot::empty).apply(event);
+            snapshot.get_or_insert_with(Snapshot::empty).apply(event, &event.payload.to_value());
         }
         snapshot
     }
@@ -102,8 +111,8 @@ impl Snapshot {
         Snapshot { state: Value::Null, version: 0, last_event_at: Timestamp::MIN }
     }
 
-    fn apply(&mut self, event: &Event) {
-        apply_merge_patch(&mut self.state, &event.payload);
+    fn apply(&mut self, event: &Event, payload: &Value) {
+        apply_merge_patch(&mut self.state, payload);
         self.version = event.version;
         self.last_event_at = event.timestamp;
     }
@@ -141,7 +150,11 @@ impl Projection for EntitySnapshots {
     }
 
     fn process(&self, event: &Event) -> Result<()> {
-        self.snapshots.entry(event.entity_id.clone()).or_insert_with(Snapshot::empty).apply(event);
+        self.process_parsed(event, &event.payload.to_value())
+    }
+
+    fn process_parsed(&self, event: &Event, payload: &Value) -> Result<()> {
+        self.snapshots.entry(event.entity_id.clone()).or_insert_with(Snapshot::empty).apply(event, payload);
         Ok(())
     }
 
@@ -358,10 +371,13 @@ impl ProjectionRegistry {
         Ok(restored)
     }
 
-    /// Feeds one committed event to every projection not named in `except`.
+    /// Feeds one committed event to every projection not named in `except`, in
+    /// registration order, with its parsed payload when the caller has it; returns the
+    /// failures, by projection name, for the caller to report.
     pub fn process_except(
         &self,
         event: &Event,
+        payload: Option<&Value>,
         except: &[String],
     ) -> Vec<(String, allsource_core_types::Error)> {
         let mut failures = Vec::new();
@@ -369,17 +385,24 @@ impl ProjectionRegistry {
             if except.iter().any(|name| name == projection.name()) {
                 continue;
             }
-            if let Err(error) = projection.process(event) {
+            let result = match payload {
+                Some(payload) => projection.process_parsed(event, payload),
+                None => projection.process(event),
+            };
+            if let Err(error) = result {
                 failures.push((projection.name().to_string(), error));
             }
         }
         failures
     }
 
-    /// Feeds one committed event to every projection, in registration order; returns
-    /// the failures, by projection name, for the caller to report.
-    pub fn process(&self, event: &Event) -> Vec<(String, allsource_core_types::Error)> {
-        self.process_except(event, &[])
+    /// Feeds one committed event to every projection; see [`ProjectionRegistry::process_except`].
+    pub fn process(
+        &self,
+        event: &Event,
+        payload: Option<&Value>,
+    ) -> Vec<(String, allsource_core_types::Error)> {
+        self.process_except(event, payload, &[])
     }
 }
 
@@ -396,8 +419,8 @@ mod tests {
             id: Uuid::from_u128(u128::from(position)),
             event_type: EventType::try_from("t").unwrap(),
             entity_id: EntityId::try_from(entity).unwrap(),
-            payload,
-            metadata: json!({}),
+            payload: payload.into(),
+            metadata: json!({}).into(),
             timestamp: Timestamp::from_micros(position as i64),
             version,
             position,

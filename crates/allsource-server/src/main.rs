@@ -12,6 +12,13 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
+/// The allocator: the store frees each request's parsed payload as soon as its text is
+/// stored, often on another thread than the one that parsed it, a pattern glibc's
+/// malloc handles poorly (1M events of 244-byte payloads: 13.7 s with glibc, 7.5 s with
+/// mimalloc).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 

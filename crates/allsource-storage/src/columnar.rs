@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
-use allsource_core_types::{EntityId, Error, Event, EventType, Timestamp};
+use allsource_core_types::{EntityId, Error, Event, EventType, Json, Timestamp};
 use arrow_array::builder::{FixedSizeBinaryBuilder, StringBuilder, StringDictionaryBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampMicrosecondType, UInt64Type};
@@ -85,13 +85,12 @@ pub fn to_record_batch(events: &[Arc<Event>]) -> Result<RecordBatch, Error> {
     let mut timestamps = Vec::with_capacity(n);
     let mut versions = Vec::with_capacity(n);
     let mut positions = Vec::with_capacity(n);
-    let mut json = Vec::with_capacity(256);
     for event in events {
         ids.append_value(event.id.as_bytes()).map_err(|e| arrow_error("id column", e))?;
         event_types.append_value(event.event_type.as_str());
         entity_ids.append_value(event.entity_id.as_str());
-        append_json(&mut payloads, &event.payload, &mut json)?;
-        append_json(&mut metadata, &event.metadata, &mut json)?;
+        payloads.append_value(event.payload.as_str());
+        metadata.append_value(event.metadata.as_str());
         timestamps.push(event.timestamp.as_micros());
         versions.push(event.version);
         positions.push(event.position);
@@ -107,18 +106,6 @@ pub fn to_record_batch(events: &[Arc<Event>]) -> Result<RecordBatch, Error> {
         Arc::new(UInt64Array::from(positions)),
     ];
     RecordBatch::try_new(schema(), columns).map_err(|e| arrow_error("record batch", e))
-}
-
-fn append_json(
-    builder: &mut StringBuilder,
-    value: &serde_json::Value,
-    buffer: &mut Vec<u8>,
-) -> Result<(), Error> {
-    buffer.clear();
-    serde_json::to_writer(&mut *buffer, value).map_err(|e| arrow_error("JSON column", e))?;
-    let text = std::str::from_utf8(buffer).map_err(|e| arrow_error("JSON column", e))?;
-    builder.append_value(text);
-    Ok(())
 }
 
 /// The events of a record batch of [`schema`] (as written by [`to_record_batch`], or
@@ -185,8 +172,7 @@ pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Event>, Error> {
         let id = Uuid::from_slice(ids.value(row)).map_err(|e| bad(format!("row {row}: id: {e}")))?;
         let event_type = event_types.get(row).copied().flatten().ok_or_else(|| null("event_type"))?;
         let json = |text: &str, name: &str| {
-            serde_json::from_str::<serde_json::Value>(text)
-                .map_err(|e| bad(format!("row {row}: {name}: {e}")))
+            Json::from_compact_text(text.to_string()).map_err(|e| bad(format!("row {row}: {name}: {e}")))
         };
         events.push(Event {
             id,
@@ -281,8 +267,8 @@ mod tests {
                     id: Uuid::from_u128(u128::from(position) << 64 | 0xABCD),
                     event_type: EventType::try_from(["a.created", "a.updated"][(position % 2) as usize]).unwrap(),
                     entity_id: EntityId::try_from(format!("entity/{}", position % 3)).unwrap(),
-                    payload: json!({"n": position, "max": u64::MAX, "f": 0.1, "s": "\u{0}é\u{1F600}", "null": null}),
-                    metadata: if position == 2 { json!({"trace": "x"}) } else { json!({}) },
+                    payload: json!({"n": position, "max": u64::MAX, "f": 0.1, "s": "\u{0}é\u{1F600}", "null": null}).into(),
+                    metadata: if position == 2 { json!({"trace": "x"}) } else { json!({}) }.into(),
                     timestamp: Timestamp::from_micros(1_795_000_000_000_000 + position as i64),
                     version: position.div_ceil(3),
                     position,

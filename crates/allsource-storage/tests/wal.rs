@@ -19,8 +19,10 @@ fn event(position: Position) -> Arc<Event> {
         id: Uuid::from_u128(0x1234_0000 + u128::from(position)),
         event_type: EventType::try_from(if position.is_multiple_of(2) { "even" } else { "odd" }).unwrap(),
         entity_id: EntityId::try_from(format!("entity-{position}")).unwrap(),
-        payload: json!({"n": position, "max": u64::MAX, "min": i64::MIN, "f": 1e-300, "s": "\u{0}\"\u{1F600}"}),
-        metadata: json!({"trace": format!("t{position}")}),
+        payload:
+            json!({"n": position, "max": u64::MAX, "min": i64::MIN, "f": 1e-300, "s": "\u{0}\"\u{1F600}"})
+                .into(),
+        metadata: json!({"trace": format!("t{position}")}).into(),
         timestamp: Timestamp::from_micros(1_800_000_000_000_000 + position as i64),
         version: 1,
         position,

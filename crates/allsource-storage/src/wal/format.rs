@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use allsource_core_types::{EntityId, Event, EventType, Position, Timestamp};
+use allsource_core_types::{EntityId, Event, EventType, Json, Position, Timestamp};
 use uuid::Uuid;
 
 /// The segment header's magic bytes.
@@ -114,12 +114,10 @@ fn put_short_text(text: &str, out: &mut Vec<u8>) -> Result<(), String> {
     Ok(())
 }
 
-fn put_json(value: &serde_json::Value, out: &mut Vec<u8>) -> Result<(), String> {
-    let len_at = out.len();
-    out.extend_from_slice(&[0u8; 4]);
-    serde_json::to_writer(&mut *out, value).map_err(|e| format!("cannot encode JSON: {e}"))?;
-    let len = u32::try_from(out.len() - len_at - 4).map_err(|_| "JSON over 4 GiB".to_string())?;
-    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+fn put_json(json: &Json, out: &mut Vec<u8>) -> Result<(), String> {
+    let len = u32::try_from(json.len()).map_err(|_| "JSON over 4 GiB".to_string())?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(json.as_str().as_bytes());
     Ok(())
 }
 
@@ -237,7 +235,7 @@ fn decode_event(reader: &mut Reader<'_>) -> Result<Event, String> {
     let entity_id = EntityId::try_from(reader.short_text()?).map_err(|e| e.to_string())?;
     let payload = reader.json()?;
     let metadata = reader.json()?;
-    if !metadata.is_object() {
+    if !metadata.as_str().starts_with('{') {
         return Err("metadata is not a JSON object".to_string());
     }
     Ok(Event {
@@ -271,9 +269,10 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(len)?).map_err(|e| format!("text is not UTF-8: {e}"))
     }
 
-    fn json(&mut self) -> Result<serde_json::Value, String> {
+    fn json(&mut self) -> Result<Json, String> {
         let len = u32_at(self.take(4)?, 0) as usize;
-        serde_json::from_slice(self.take(len)?).map_err(|e| format!("bad JSON in record: {e}"))
+        let text = std::str::from_utf8(self.take(len)?).map_err(|e| format!("JSON is not UTF-8: {e}"))?;
+        Json::from_compact_text(text.to_string()).map_err(|e| format!("bad JSON in record: {e}"))
     }
 }
 
@@ -300,8 +299,8 @@ mod tests {
             id: Uuid::from_u128(u128::from(position) * 7919),
             event_type: EventType::try_from("order.placed").unwrap(),
             entity_id: EntityId::try_from(format!("order-{}", position % 3)).unwrap(),
-            payload: json!({"n": position, "big": u64::MAX, "f": 0.1, "s": "\u{0}\u{1F600}\"\\"}),
-            metadata: json!({"source": "test"}),
+            payload: json!({"n": position, "big": u64::MAX, "f": 0.1, "s": "\u{0}\u{1F600}\"\\"}).into(),
+            metadata: json!({"source": "test"}).into(),
             timestamp: Timestamp::from_micros(1_700_000_000_000_000 + position as i64),
             version: position,
             position,
