@@ -1,7 +1,7 @@
 //! The engine: sequencing, the commit step, and every read.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use allsource_core_types::limits::BATCH_EVENTS_MAX;
@@ -183,7 +183,7 @@ struct Inner {
     /// Serializes feeding committed events to projections with registering one.
     apply_lock: Mutex<()>,
     ingested: AtomicU64,
-    read_only: AtomicBool,
+    /// The failure that made the store read-only, if any.
     failure: Mutex<Option<Error>>,
     /// `Some` when a writer thread commits in groups; `None` to commit inline.
     queue: Option<(Mutex<Queue>, Condvar)>,
@@ -357,7 +357,6 @@ impl Inner {
             projections: ProjectionRegistry::default(),
             apply_lock: Mutex::new(()),
             ingested: AtomicU64::new(0),
-            read_only: AtomicBool::new(false),
             failure: Mutex::new(None),
             queue: group_commit.then(|| (Mutex::new(Queue::default()), Condvar::new())),
             waiters: Waiters::default(),
@@ -487,7 +486,6 @@ impl Inner {
                 tracing::error!(%error, "commit failed; the store is now read-only");
                 *failure = Some(error.clone());
             }
-            self.read_only.store(true, Ordering::Release);
         }
         error
     }
@@ -935,7 +933,7 @@ impl EventStore {
             total_entities: self.inner.projections.snapshots().len() as u64,
             total_event_types: self.inner.projections.counters().len() as u64,
             total_ingested: self.inner.ingested.load(Ordering::Relaxed),
-            read_only: self.inner.read_only.load(Ordering::Acquire),
+            read_only: self.inner.failure().is_some(),
             log: self.inner.log.describe(),
         }
     }
