@@ -210,12 +210,19 @@ impl Drop for EventStore {
             queue.lock().shutdown = true;
             ready.notify_all();
         }
-        *self.inner.sealer.0.lock() = true;
-        self.inner.sealer.1.notify_all();
-        // The writer drains the queue, then its channel closes and the publisher ends.
+        // The writer drains the queue, then its channel closes and the publisher ends;
+        // only then is the sealer stopped, so that its last seal covers every event.
+        let sealer = (self.threads.len() > 2).then(|| self.threads.pop()).flatten();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 tracing::error!("a commit thread panicked");
+            }
+        }
+        *self.inner.sealer.0.lock() = true;
+        self.inner.sealer.1.notify_all();
+        if let Some(sealer) = sealer {
+            if sealer.join().is_err() {
+                tracing::error!("the sealer thread panicked");
             }
         }
     }
@@ -253,10 +260,13 @@ impl EventStore {
             let inner = store.inner.clone();
             store.threads.push(spawn("allsource-commit", Box::new(move || inner.run_writer(to_publisher)))?);
             if let Some(chunk_events) = store.inner.log.chunk_events() {
+                // Read here, not in the thread: appends may commit before it runs.
+                let recovered = store.inner.committed.load(Ordering::Acquire);
                 let inner = store.inner.clone();
-                store
-                    .threads
-                    .push(spawn("allsource-seal", Box::new(move || inner.run_sealer(chunk_events)))?);
+                store.threads.push(spawn(
+                    "allsource-seal",
+                    Box::new(move || inner.run_sealer(chunk_events, recovered)),
+                )?);
             }
         }
         Ok(store)
@@ -662,13 +672,19 @@ impl Inner {
     /// nothing (the WAL still holds every event): it is logged, and sealing stops until
     /// the store is reopened.
     ///
-    /// It also writes the projection checkpoints: after a seal when enough events have
-    /// been committed since the last one to pay for it (a checkpoint costs time in
-    /// proportion to the entities, a replay in proportion to the events), and always
-    /// when the store is dropped, so that a clean restart replays almost nothing.
-    fn run_sealer(&self, chunk_events: u64) {
+    /// It also merges small chunks (left by earlier shutdowns) at start and after each
+    /// seal, and writes the projection checkpoints: after a seal when enough events
+    /// have been committed since the last one to pay for it (a checkpoint costs time in
+    /// proportion to the entities, a replay in proportion to the events). When the
+    /// store is dropped it seals what is left as a partial chunk and checkpoints, so
+    /// that the data directory is Parquet files plus an empty WAL tail and a clean
+    /// restart replays nothing.
+    /// `recovered` is the last position recovered at start-up: what a checkpoint, if
+    /// any, already covers or the replay just rebuilt.
+    fn run_sealer(&self, chunk_events: u64, recovered: Position) {
         let (stop, wake) = &self.sealer;
-        let mut checkpointed = self.committed.load(Ordering::Acquire);
+        let mut checkpointed = recovered;
+        self.compact_all();
         loop {
             {
                 let mut stopped = stop.lock();
@@ -679,6 +695,7 @@ impl Inner {
                     }
                     if *stopped {
                         drop(stopped);
+                        self.seal_rest_at_shutdown();
                         if self.committed.load(Ordering::Acquire) > checkpointed {
                             self.write_checkpoint();
                         }
@@ -698,10 +715,44 @@ impl Inner {
                 tracing::error!(%error, "sealing a chunk failed; the WAL keeps every event; sealing stops");
                 return;
             }
+            self.compact_all();
             let entities = self.projections.snapshots().len() as u64;
             let committed = self.committed.load(Ordering::Acquire);
             if committed - checkpointed >= CHECKPOINT_EVENTS_PER_ENTITY * entities.max(1) {
                 checkpointed = self.write_checkpoint().unwrap_or(checkpointed);
+            }
+        }
+    }
+
+    /// Seals every committed event not sealed yet, as a partial chunk: the shutdown's
+    /// last seal. A failure is logged; the WAL still holds the events.
+    fn seal_rest_at_shutdown(&self) {
+        let first = self.log.sealed_position() + 1;
+        let last = self.committed.load(Ordering::Acquire);
+        if last < first {
+            return;
+        }
+        let events: Vec<Arc<Event>> = (first..=last).filter_map(|p| self.table.get(p)).collect();
+        if events.len() as u64 != last - first + 1 {
+            tracing::error!(first, last, "committed events are missing from the table; not sealing");
+            return;
+        }
+        if let Err(error) = self.log.seal(&events) {
+            tracing::error!(%error, "sealing the last partial chunk failed; the WAL keeps every event");
+        }
+    }
+
+    /// Merges small chunks until none are left to merge. A failure is logged: small
+    /// chunks are only slower to read.
+    fn compact_all(&self) {
+        loop {
+            match self.log.compact() {
+                Ok(true) => continue,
+                Ok(false) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "merging small chunks failed; they stay as they are");
+                    return;
+                }
             }
         }
     }

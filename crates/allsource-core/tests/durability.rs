@@ -213,31 +213,51 @@ fn group_commit_shares_syncs_between_concurrent_writers() {
 #[test]
 fn full_chunks_are_sealed_into_parquet_and_the_wal_shrinks() {
     let fs = SimFs::new();
+    let chunk_files = |fs: &SimFs| -> Vec<String> {
+        fs.paths()
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect()
+    };
     let before = {
         let store = open(&fs);
         for i in 0..23 {
             store.ingest(Event::new(format!("t{}", i % 2), format!("e{}", i % 3), json!({"i": i}))).unwrap();
         }
         let before = (all_events(&store), store.reconstruct_state("e1", None).unwrap());
-        drop(store); // seals the full chunks still due
+        drop(store); // seals the full chunks still due, then the rest as a partial chunk
         before
     };
     let paths = fs.paths();
-    let chunks: Vec<_> = paths.iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
-    assert_eq!(chunks.len(), 4, "{paths:?}"); // 4 x 5 events, 3 left in the WAL
+    assert_eq!(chunk_files(&fs).len(), 5, "{paths:?}"); // 4 x 5 events, then 3
     assert!(paths.iter().any(|p| p.ends_with("MANIFEST")));
     assert!(!paths.iter().any(|p| p.to_string_lossy().ends_with(".tmp")), "{paths:?}");
     let wal_segments = paths.iter().filter(|p| p.extension().is_some_and(|e| e == "wal")).count();
     assert!(wal_segments <= 2, "covered WAL segments are removed: {paths:?}");
 
+    {
+        let store = open(&fs);
+        let info = store.stats().log;
+        assert_eq!((info.kind, info.sealed_position, info.chunks), ("wal+parquet", 23, 5));
+        assert_eq!(all_events(&store), before.0);
+        assert_eq!(store.reconstruct_state("e1", None).unwrap(), before.1);
+        assert_eq!(store.snapshot("e1").unwrap(), before.1);
+        let next = store.ingest(Event::new("t".into(), "e1".into(), json!({}))).unwrap();
+        assert_eq!(next.position, 24);
+        // The shutdown seals [24, 24]: two small chunks side by side.
+    }
+    assert_eq!(chunk_files(&fs).len(), 6);
+    // The next start merges them into one file; the old ones are removed.
     let store = open(&fs);
-    let info = store.stats().log;
-    assert_eq!((info.kind, info.sealed_position, info.chunks), ("wal+parquet", 20, 4));
-    assert_eq!(all_events(&store), before.0);
-    assert_eq!(store.reconstruct_state("e1", None).unwrap(), before.1);
-    assert_eq!(store.snapshot("e1").unwrap(), before.1);
-    let next = store.ingest(Event::new("t".into(), "e1".into(), json!({}))).unwrap();
-    assert_eq!(next.position, 24);
+    drop(store);
+    let files = chunk_files(&fs);
+    assert_eq!(files.len(), 5, "{files:?}");
+    assert!(files.contains(&"00000000000000000021-00000000000000000024.parquet".to_string()), "{files:?}");
+    let store = open(&fs);
+    assert_eq!(store.stats().log.chunks, 5);
+    assert_eq!(all_events(&store).len(), 24);
+    assert_eq!(&all_events(&store)[..23], &before.0[..]);
 }
 
 #[test]

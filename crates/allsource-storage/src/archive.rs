@@ -229,12 +229,88 @@ impl Archive {
             ChunkEntry { file: name, first_position: first.position, last_position: last.position, bytes };
         let mut next = manifest.clone();
         next.chunks.push(entry.clone());
+        self.replace_manifest(&mut manifest, next)?;
+        Ok(entry)
+    }
+
+    /// Writes `next` as the manifest, durably, and makes it the current one.
+    fn replace_manifest(&self, current: &mut Manifest, next: Manifest) -> Result<(), Error> {
         let text = serde_json::to_vec_pretty(&next).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
         self.write_durably(&self.data_dir, MANIFEST_FILE, |mut out| {
             out.write_all(&text).map_err(|e| storage_error(format!("cannot write the manifest: {e}")))
         })?;
-        *manifest = next;
-        Ok(entry)
+        *current = next;
+        Ok(())
+    }
+
+    /// Merges the first run of two or more adjacent chunks smaller than
+    /// `chunk_events` (a shutdown seals a partial chunk) into one file of at most
+    /// `2 × chunk_events` events. The new file is written durably first; the manifest
+    /// swap is the commit point; the old files are removed after it. A crash before
+    /// the swap leaves an unlisted file, after it unlisted old files: recovery removes
+    /// either. Returns the merged chunk, or `None` when there was nothing to merge.
+    pub fn compact(&self, chunk_events: u64) -> Result<Option<ChunkEntry>, Error> {
+        let mut manifest = self.manifest.lock();
+        let rows = |c: &ChunkEntry| c.last_position - c.first_position + 1;
+        let Some(start) = (0..manifest.chunks.len().saturating_sub(1)).find(|&i| {
+            rows(&manifest.chunks[i]) < chunk_events && rows(&manifest.chunks[i + 1]) < chunk_events
+        }) else {
+            return Ok(None);
+        };
+        let mut end = start;
+        let mut total = 0;
+        while end < manifest.chunks.len()
+            && rows(&manifest.chunks[end]) < chunk_events
+            && total + rows(&manifest.chunks[end]) <= 2 * chunk_events
+        {
+            total += rows(&manifest.chunks[end]);
+            end += 1;
+        }
+        let run: Vec<ChunkEntry> = manifest.chunks[start..end].to_vec();
+        let (Some(first), Some(last)) = (run.first(), run.last()) else { return Ok(None) };
+        let chunks_dir = self.data_dir.join(CHUNKS_DIR);
+        let name = chunk_file_name(first.first_position, last.last_position);
+        let mut batches = Vec::new();
+        for chunk in &run {
+            let path = chunks_dir.join(&chunk.file);
+            let bytes = self
+                .fs
+                .read(&path)
+                .map_err(|e| storage_error(format!("cannot read {}: {e}", path.display())))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+                .and_then(|builder| builder.build())
+                .map_err(|e| storage_error(format!("cannot read {}: {e}", path.display())))?;
+            for batch in reader {
+                batches
+                    .push(batch.map_err(|e| storage_error(format!("cannot read {}: {e}", path.display())))?);
+            }
+        }
+        let bytes = self.write_durably(&chunks_dir, &name, |out| {
+            let mut writer = ParquetFileWriter::new(out)?;
+            for batch in &batches {
+                writer.write_batch(batch)?;
+            }
+            writer.finish().map(drop)
+        })?;
+        let merged = ChunkEntry {
+            file: name,
+            first_position: first.first_position,
+            last_position: last.last_position,
+            bytes,
+        };
+        let mut next = manifest.clone();
+        next.chunks.splice(start..end, [merged.clone()]);
+        self.replace_manifest(&mut manifest, next)?;
+        for chunk in &run {
+            let path = chunks_dir.join(&chunk.file);
+            self.fs
+                .remove(&path)
+                .map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
+        }
+        self.fs
+            .sync_dir(&chunks_dir)
+            .map_err(|e| storage_error(format!("cannot sync {}: {e}", chunks_dir.display())))?;
+        Ok(Some(merged))
     }
 
     /// Replaces the projection checkpoint, durably (temporary file, fsync, rename,

@@ -244,8 +244,12 @@ impl<W: Write + Send> ParquetFileWriter<W> {
 
     /// Appends the events.
     pub fn write(&mut self, events: &[Arc<Event>]) -> Result<(), Error> {
-        let batch = to_record_batch(events)?;
-        self.writer.write(&batch).map_err(|e| arrow_error("Parquet file", e))
+        self.write_batch(&to_record_batch(events)?)
+    }
+
+    /// Appends a record batch of [`schema`].
+    pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), Error> {
+        self.writer.write(batch).map_err(|e| arrow_error("Parquet file", e))
     }
 
     /// Writes the footer and returns the writer.

@@ -96,6 +96,16 @@ impl Log for DurableLog {
         self.archive.last_position()
     }
 
+    fn compact(&self) -> Result<bool, Error> {
+        match self.archive.compact(self.chunk_events)? {
+            Some(merged) => {
+                tracing::info!(chunk = %merged.file, bytes = merged.bytes, "merged small chunks");
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), Error> {
         self.archive.write_checkpoint(checkpoint)
     }

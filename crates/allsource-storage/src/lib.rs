@@ -67,6 +67,12 @@ pub trait Log: Send + Sync {
         Err(Error::Internal("this log does not seal chunks".to_string()))
     }
 
+    /// Merges small sealed chunks (at most one run per call); returns whether it merged
+    /// anything. The default has nothing to merge.
+    fn compact(&self) -> Result<bool, Error> {
+        Ok(false)
+    }
+
     /// Keeps a projection checkpoint, replacing the previous one. The default keeps
     /// nothing.
     fn write_checkpoint(&self, checkpoint: &archive::Checkpoint) -> Result<(), Error> {

@@ -146,3 +146,58 @@ fn sealed_wal_segments_are_removed_and_skipped() {
     assert_eq!((report.archived_events, report.events), (8, 8));
     assert_eq!(log.recover().unwrap(), plain(&events()));
 }
+
+#[test]
+fn small_chunks_are_merged_and_every_crash_point_of_a_merge_recovers() {
+    // Four small chunks of 2 events (as shutdowns leave them), merged into one.
+    let build = || {
+        let fs = SimFs::new();
+        let (log, _) = open(&fs).unwrap();
+        for group in common::fixture::fixture_groups() {
+            log.append(&group).unwrap();
+        }
+        for pair in events().chunks(2) {
+            log.seal(pair).unwrap();
+        }
+        drop(log);
+        fs
+    };
+    let fs = build();
+    assert_eq!(chunk_paths(&fs).len(), 4);
+    let (log, _) = open(&fs).unwrap();
+    assert!(log.compact().unwrap());
+    assert!(!log.compact().unwrap(), "nothing left to merge");
+    let info = log.describe();
+    assert_eq!((info.chunks, info.sealed_position), (1, 8));
+    drop(log);
+    assert_eq!(
+        chunk_paths(&fs),
+        vec![PathBuf::from("/data/chunks/00000000000000000001-00000000000000000008.parquet")]
+    );
+    let (log, report) = open(&fs).unwrap();
+    assert_eq!((report.chunks, report.archived_events), (1, 8));
+    assert_eq!(log.recover().unwrap(), plain(&events()));
+
+    for fail_at in 1..=12u64 {
+        for kind in [CrashKind::Process, CrashKind::Power] {
+            let fs = build();
+            let (log, _) = open(&fs).unwrap();
+            fs.fail_operation(fail_at);
+            let _ = log.compact();
+            drop(log);
+            for seed in 0..3 {
+                let image = fs.crash_image(kind, seed);
+                let (log, report) =
+                    open(&image).unwrap_or_else(|e| panic!("fail_at {fail_at} {kind:?}: {e}"));
+                assert_eq!(
+                    log.recover().unwrap(),
+                    plain(&events()),
+                    "fail_at {fail_at} {kind:?} seed {seed}"
+                );
+                assert!(report.chunks == 1 || report.chunks == 4, "{report:?}");
+                // Whatever the crash left, exactly the listed files remain.
+                assert_eq!(chunk_paths(&image).len() as u64, report.chunks, "{:?}", image.paths());
+            }
+        }
+    }
+}
