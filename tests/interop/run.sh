@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# The pyarrow interop test: builds the `allsource` binary, starts it in memory on a free
-# loopback port, runs tests/interop/test_pyarrow.py against it, and stops it again
-# (also when anything fails). Needs python3 with pyarrow (`python3 -m pip install
-# pyarrow`). Exits non-zero, saying why, on any failure.
+# The pyarrow interop test: builds the `allsource` binary, then
+#  1. starts it in memory on a free loopback port and runs tests/interop/test_pyarrow.py
+#     against it (Arrow IPC responses, Parquet and Arrow exports);
+#  2. starts it on a fresh temporary data directory, appends 70,000 events
+#     (test_pyarrow_chunks.py load; the first 65,536 are sealed into a chunk), stops it
+#     with SIGTERM (a clean stop seals the rest), and reads the data directory's
+#     chunks/*.parquet in place with pyarrow (test_pyarrow_chunks.py chunks).
+# Stops every server it started and removes its files, also when anything fails. Needs
+# python3 with pyarrow (`python3 -m pip install pyarrow`). Exits non-zero, saying why,
+# on any failure.
 #
 #   bash tests/interop/run.sh
 set -euo pipefail
@@ -11,6 +17,7 @@ cd "$(dirname "$0")/../.."
 
 PYTHON=${PYTHON:-python3}
 STARTUP_SECONDS=30
+STOP_SECONDS=60
 
 fail() {
     echo "INTEROP FAILED: $*" >&2
@@ -18,7 +25,7 @@ fail() {
 }
 
 command -v "$PYTHON" >/dev/null || fail "$PYTHON not found"
-"$PYTHON" -c 'import pyarrow' 2>/dev/null ||
+"$PYTHON" -c 'import pyarrow, pyarrow.dataset' 2>/dev/null ||
     fail "pyarrow is not installed for $PYTHON (python3 -m pip install pyarrow)"
 
 cargo build --locked -p allsource-server --bin allsource
@@ -27,39 +34,41 @@ target_dir=$(cargo metadata --format-version 1 --no-deps |
 binary="$target_dir/debug/allsource"
 [ -x "$binary" ] || fail "no binary at $binary"
 
-log=$(mktemp)
+work=$(mktemp -d)
+log="$work/server.log"
 server_pid=""
-stop_server() {
+cleanup() {
     local status=$?
     if [ -n "$server_pid" ]; then
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
     fi
-    if [ "$status" -ne 0 ]; then
+    if [ "$status" -ne 0 ] && [ -f "$log" ]; then
         echo "--- the server's log (last 40 lines):" >&2
         tail -n 40 "$log" >&2 || true
     fi
-    rm -f "$log"
+    rm -rf "$work"
 }
-trap stop_server EXIT
+trap cleanup EXIT
 
-RUST_LOG=info "$binary" --in-memory --addr 127.0.0.1:0 2>"$log" &
-server_pid=$!
+# Starts the server with these arguments on a free loopback port, its log in $log; sets
+# server_pid and base once it answers GET /health (bounded waits).
+start_server() {
+    : >"$log"
+    RUST_LOG=info "$binary" --addr 127.0.0.1:0 "$@" 2>"$log" &
+    server_pid=$!
+    # Its address, from the "listening on ADDR" line of its log.
+    local addr="" deadline=$((SECONDS + STARTUP_SECONDS))
+    while [ -z "$addr" ]; do
+        kill -0 "$server_pid" 2>/dev/null || fail "the server exited during start-up"
+        [ "$SECONDS" -lt "$deadline" ] || fail "no 'listening on' line within ${STARTUP_SECONDS}s"
+        addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
+        [ -n "$addr" ] || sleep 0.1
+    done
+    base="http://$addr"
+    echo "server (pid $server_pid, $*) listening on $addr"
 
-# Its address, from the "listening on ADDR" line of its log (bounded wait).
-addr=""
-deadline=$((SECONDS + STARTUP_SECONDS))
-while [ -z "$addr" ]; do
-    kill -0 "$server_pid" 2>/dev/null || fail "the server exited during start-up"
-    [ "$SECONDS" -lt "$deadline" ] || fail "no 'listening on' line within ${STARTUP_SECONDS}s"
-    addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
-    [ -n "$addr" ] || sleep 0.1
-done
-base="http://$addr"
-echo "server (pid $server_pid) listening on $addr"
-
-# Ready when GET /health answers (bounded).
-"$PYTHON" - "$base" "$STARTUP_SECONDS" <<'PY' || fail "GET /health did not answer 200"
+    "$PYTHON" - "$base" "$STARTUP_SECONDS" <<'PY' || fail "GET /health did not answer 200"
 import sys, time, urllib.request
 base, seconds = sys.argv[1], float(sys.argv[2])
 deadline = time.monotonic() + seconds
@@ -74,6 +83,36 @@ while True:
         sys.exit(1)
     time.sleep(0.05)
 PY
+}
 
+# Stops the server with SIGTERM and waits (bounded: SIGKILL after STOP_SECONDS) for it
+# to exit; fails unless it exits 0.
+stop_server() {
+    kill -TERM "$server_pid"
+    local status=0 deadline=$((SECONDS + STOP_SECONDS))
+    while kill -0 "$server_pid" 2>/dev/null; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            kill -KILL "$server_pid" 2>/dev/null || true
+            fail "the server did not exit within ${STOP_SECONDS}s of SIGTERM"
+        fi
+        sleep 0.1
+    done
+    wait "$server_pid" || status=$?
+    server_pid=""
+    [ "$status" -eq 0 ] || fail "the server exited with status $status after SIGTERM"
+    grep -q "stopped" "$log" || fail "the server's log has no 'stopped' line"
+}
+
+# 1. The HTTP answers, from a server in memory.
+start_server --in-memory
 "$PYTHON" tests/interop/test_pyarrow.py "$base" || fail "test_pyarrow.py failed"
+stop_server
+
+# 2. The chunk files of a data directory, read in place after a clean stop.
+data="$work/data"
+state="$work/state.json"
+start_server --data-dir "$data"
+"$PYTHON" tests/interop/test_pyarrow_chunks.py load "$base" "$state" || fail "test_pyarrow_chunks.py load failed"
+stop_server
+"$PYTHON" tests/interop/test_pyarrow_chunks.py chunks "$data" "$state" || fail "test_pyarrow_chunks.py chunks failed"
 echo "interop: ok"

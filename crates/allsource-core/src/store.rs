@@ -243,7 +243,7 @@ impl EventStore {
         let recovered = log.recover()?;
         let inner = Arc::new(Inner::new(log, group_commit));
         let checkpoint = inner.log.read_checkpoint();
-        inner.recover(recovered, checkpoint)?;
+        let checkpointed = inner.recover(recovered, checkpoint)?;
         let mut store = EventStore { inner, threads: Vec::new() };
         if group_commit {
             let (to_publisher, from_writer) = std::sync::mpsc::channel();
@@ -260,12 +260,10 @@ impl EventStore {
             let inner = store.inner.clone();
             store.threads.push(spawn("allsource-commit", Box::new(move || inner.run_writer(to_publisher)))?);
             if let Some(chunk_events) = store.inner.log.chunk_events() {
-                // Read here, not in the thread: appends may commit before it runs.
-                let recovered = store.inner.committed.load(Ordering::Acquire);
                 let inner = store.inner.clone();
                 store.threads.push(spawn(
                     "allsource-seal",
-                    Box::new(move || inner.run_sealer(chunk_events, recovered)),
+                    Box::new(move || inner.run_sealer(chunk_events, checkpointed)),
                 )?);
             }
         }
@@ -380,7 +378,9 @@ impl Inner {
     /// A projection checkpoint that matches the log (the event at its position has its
     /// id and timestamp) is restored, and those projections see only the events after
     /// it; one that does not match is ignored, never trusted.
-    fn recover(&self, recovered: Vec<Event>, checkpoint: Option<Checkpoint>) -> Result<()> {
+    /// Returns the position the projection checkpoint on disk covers (0: none that
+    /// matched), so that a clean stop writes a new one when it is behind.
+    fn recover(&self, recovered: Vec<Event>, checkpoint: Option<Checkpoint>) -> Result<Position> {
         let (restored, restored_through) = self.restore_checkpoint(&recovered, checkpoint);
         let mut sequencer = self.sequencer.lock();
         let mut last = 0;
@@ -417,7 +417,7 @@ impl Inner {
             last = event.position;
         }
         self.committed.store(last, Ordering::Release);
-        Ok(())
+        Ok(restored_through)
     }
 
     /// Restores the projections from `checkpoint` if it matches `recovered`; returns
@@ -679,11 +679,10 @@ impl Inner {
     /// store is dropped it seals what is left as a partial chunk and checkpoints, so
     /// that the data directory is Parquet files plus an empty WAL tail and a clean
     /// restart replays nothing.
-    /// `recovered` is the last position recovered at start-up: what a checkpoint, if
-    /// any, already covers or the replay just rebuilt.
-    fn run_sealer(&self, chunk_events: u64, recovered: Position) {
+    /// `checkpointed` is the position the checkpoint on disk covers (0: none usable).
+    fn run_sealer(&self, chunk_events: u64, checkpointed: Position) {
         let (stop, wake) = &self.sealer;
-        let mut checkpointed = recovered;
+        let mut checkpointed = checkpointed;
         self.compact_all();
         loop {
             {

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::columnar::{from_record_batch, ParquetFileWriter};
 use crate::fs::{AppendFile, Fs};
+use crate::wal::RecoveryBase;
 
 /// The manifest's file name, in the data directory.
 pub const MANIFEST_FILE: &str = "MANIFEST";
@@ -37,6 +38,10 @@ pub struct ChunkEntry {
     pub last_position: Position,
     /// The file's size.
     pub bytes: u64,
+    /// The CRC32C of the whole file, checked before it is read. (Absent only in
+    /// manifests written before it was added, whose chunks are read unchecked.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -122,6 +127,7 @@ impl Archive {
             )));
         }
         let mut events = Vec::new();
+        let mut base = RecoveryBase::default();
         for chunk in &manifest.chunks {
             let path = chunks_dir.join(&chunk.file);
             let corrupt = |why: String| {
@@ -134,14 +140,10 @@ impl Archive {
                     events.len() + 1
                 )));
             }
-            let bytes = fs.read(&path).map_err(|e| corrupt(format!("cannot read it: {e}")))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-                .and_then(|builder| builder.build())
-                .map_err(|e| corrupt(e.to_string()))?;
             let before = events.len();
-            for batch in reader {
-                let batch = batch.map_err(|e| corrupt(e.to_string()))?;
-                events.extend(from_record_batch(&batch).map_err(|e| corrupt(e.to_string()))?);
+            events.extend(read_chunk(fs.as_ref(), &path, chunk).map_err(corrupt)?);
+            if let Err(why) = base.check(&events[before..]) {
+                return Err(corrupt(why));
             }
             let positions_ok = events[before..]
                 .iter()
@@ -220,13 +222,18 @@ impl Archive {
         }
         let chunks_dir = self.data_dir.join(CHUNKS_DIR);
         let name = chunk_file_name(first.position, last.position);
-        let bytes = self.write_durably(&chunks_dir, &name, |out| {
+        let (bytes, crc32c) = self.write_durably(&chunks_dir, &name, |out| {
             let mut writer = ParquetFileWriter::new(out)?;
             writer.write(events)?;
             writer.finish().map(drop)
         })?;
-        let entry =
-            ChunkEntry { file: name, first_position: first.position, last_position: last.position, bytes };
+        let entry = ChunkEntry {
+            file: name,
+            first_position: first.position,
+            last_position: last.position,
+            bytes,
+            crc32c: Some(crc32c),
+        };
         let mut next = manifest.clone();
         next.chunks.push(entry.clone());
         self.replace_manifest(&mut manifest, next)?;
@@ -270,26 +277,16 @@ impl Archive {
         let (Some(first), Some(last)) = (run.first(), run.last()) else { return Ok(None) };
         let chunks_dir = self.data_dir.join(CHUNKS_DIR);
         let name = chunk_file_name(first.first_position, last.last_position);
-        let mut batches = Vec::new();
+        let mut events = Vec::new();
         for chunk in &run {
             let path = chunks_dir.join(&chunk.file);
-            let bytes = self
-                .fs
-                .read(&path)
-                .map_err(|e| storage_error(format!("cannot read {}: {e}", path.display())))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-                .and_then(|builder| builder.build())
-                .map_err(|e| storage_error(format!("cannot read {}: {e}", path.display())))?;
-            for batch in reader {
-                batches
-                    .push(batch.map_err(|e| storage_error(format!("cannot read {}: {e}", path.display())))?);
-            }
+            let read = read_chunk(self.fs.as_ref(), &path, chunk)
+                .map_err(|why| storage_error(format!("cannot merge {}: {why}", path.display())))?;
+            events.extend(read.into_iter().map(Arc::new));
         }
-        let bytes = self.write_durably(&chunks_dir, &name, |out| {
+        let (bytes, crc32c) = self.write_durably(&chunks_dir, &name, |out| {
             let mut writer = ParquetFileWriter::new(out)?;
-            for batch in &batches {
-                writer.write_batch(batch)?;
-            }
+            writer.write(&events)?;
             writer.finish().map(drop)
         })?;
         let merged = ChunkEntry {
@@ -297,6 +294,7 @@ impl Archive {
             first_position: first.first_position,
             last_position: last.last_position,
             bytes,
+            crc32c: Some(crc32c),
         };
         let mut next = manifest.clone();
         next.chunks.splice(start..end, [merged.clone()]);
@@ -345,13 +343,13 @@ impl Archive {
     }
 
     /// Writes `dir/name` durably: to `name.tmp`, fsync, rename over `name`, fsync
-    /// `dir`. Returns the bytes written.
+    /// `dir`. Returns the bytes written and their CRC32C.
     fn write_durably(
         &self,
         dir: &Path,
         name: &str,
         write: impl FnOnce(&mut CountingWriter) -> Result<(), Error>,
-    ) -> Result<u64, Error> {
+    ) -> Result<(u64, u32), Error> {
         let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
         let path = dir.join(name);
         let fail = |what: &str, e: &dyn std::fmt::Display| {
@@ -360,25 +358,56 @@ impl Archive {
         // A temporary file left by an earlier failure is replaced.
         let _ = self.fs.remove(&temp);
         let file = self.fs.create(&temp).map_err(|e| fail("create", &e))?;
-        let mut out = CountingWriter { file: FileWriter(file), bytes: 0 };
+        let mut out = CountingWriter { file: FileWriter(file), bytes: 0, crc32c: 0 };
         write(&mut out)?;
         out.file.0.sync_data().map_err(|e| fail("sync", &e))?;
         self.fs.rename(&temp, &path).map_err(|e| fail("rename into", &e))?;
         self.fs.sync_dir(dir).map_err(|e| fail("sync the directory of", &e))?;
-        Ok(out.bytes)
+        Ok((out.bytes, out.crc32c))
     }
+}
+
+/// The events of one chunk file: its size and CRC checked against the manifest first
+/// (when the manifest has a CRC), then decoded. A decoder that panics on bytes it did
+/// not expect is caught: damaged data is an error naming the file, never a crash.
+fn read_chunk(fs: &dyn Fs, path: &Path, chunk: &ChunkEntry) -> Result<Vec<Event>, String> {
+    let bytes = fs.read(path).map_err(|e| format!("cannot read it: {e}"))?;
+    if bytes.len() as u64 != chunk.bytes {
+        return Err(format!("it is {} bytes, the manifest says {}", bytes.len(), chunk.bytes));
+    }
+    if let Some(expected) = chunk.crc32c {
+        let actual = crc32c::crc32c(&bytes);
+        if actual != expected {
+            return Err(format!("checksum mismatch (CRC32C {actual:08x}, the manifest says {expected:08x})"));
+        }
+    }
+    let decode = || -> Result<Vec<Event>, String> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
+            .and_then(|builder| builder.build())
+            .map_err(|e| e.to_string())?;
+        let mut events = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| e.to_string())?;
+            events.extend(from_record_batch(&batch).map_err(|e| e.to_string())?);
+        }
+        Ok(events)
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
+        .unwrap_or_else(|_| Err("the Parquet decoder failed on it".to_string()))
 }
 
 /// A writer that counts what goes through it.
 struct CountingWriter {
     file: FileWriter,
     bytes: u64,
+    crc32c: u32,
 }
 
 impl Write for &mut CountingWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         let n = self.file.write(bytes)?;
         self.bytes += n as u64;
+        self.crc32c = crc32c::crc32c_append(self.crc32c, &bytes[..n]);
         Ok(n)
     }
 

@@ -8,6 +8,7 @@
 
 pub mod columnar;
 pub mod inproc;
+pub mod model;
 pub mod process;
 pub mod scenarios;
 

@@ -47,7 +47,15 @@ impl Server {
     /// Takes over a child that runs the server (directly, or through a wrapper that
     /// `exec`s it) with stderr piped: waits for its "listening on" line and for
     /// `GET /health`.
-    pub fn attach(mut child: Child) -> Server {
+    pub fn attach(child: Child) -> Server {
+        Server::try_attach(child).unwrap_or_else(|(status, log)| {
+            panic!("the server exited ({status:?}) without reporting its address; its log:\n{log}")
+        })
+    }
+
+    /// Like [`Server::attach`], for a server that may refuse to start: the server once
+    /// it serves, or its exit status and its whole log (stderr) if it exits first.
+    pub fn try_attach(mut child: Child) -> Result<Server, (ExitStatus, String)> {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         // Drains the log for the whole life of the process, so it never blocks on a
@@ -75,17 +83,29 @@ impl Server {
                         break addr;
                     }
                 }
-                Err(error) => {
+                // The log ended: the process is exiting (bounded wait).
+                Err(RecvTimeoutError::Disconnected) => loop {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        return Err((status, startup_log.join("\n")));
+                    }
+                    if Instant::now() > deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        panic!("the server closed its log but did not exit; its log: {startup_log:#?}");
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                },
+                Err(RecvTimeoutError::Timeout) => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    panic!("the server did not report its address ({error:?}); its log: {startup_log:#?}");
+                    panic!("the server did not report its address within {STARTUP_TIMEOUT:?}; its log: {startup_log:#?}");
                 }
             }
         };
         assert!(addr.ip().is_loopback(), "{addr}");
         let server = Server { child: Mutex::new(child), addr, lines: Mutex::new(rx), startup_log };
         server.wait_until_healthy();
-        server
+        Ok(server)
     }
 
     /// Polls `GET /health` a bounded number of times.
@@ -103,6 +123,11 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.lock().unwrap().id()
+    }
+
+    /// Kills the process with SIGKILL at once (without starting kill(1) first).
+    pub fn kill(&self) {
+        let _ = self.child.lock().unwrap().kill();
     }
 
     /// Sends a signal (`TERM`, `INT`, ...) with kill(1).

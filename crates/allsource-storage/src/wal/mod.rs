@@ -414,7 +414,7 @@ impl RecoveryBase {
         base
     }
 
-    fn check(&mut self, events: &[Event]) -> Result<(), String> {
+    pub(crate) fn check(&mut self, events: &[Event]) -> Result<(), String> {
         for event in events {
             if self.last_timestamp.is_some_and(|last| event.timestamp < last) {
                 return Err(format!("the timestamp of position {} goes back in time", event.position));
