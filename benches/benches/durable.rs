@@ -48,6 +48,9 @@
     reason = "a bench whose engine call fails must stop loudly"
 )]
 
+#[path = "../../xtask/src/text.rs"]
+mod text;
+
 use std::fs::OpenOptions;
 use std::io::{Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
@@ -61,6 +64,7 @@ use allsource_benches::new_event;
 use allsource_core::{EventStore, LogInfo, NewEvent, SyncMode, WalConfig};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
+use text::format_rate;
 
 /// The version of the layout of `results.json`.
 const RESULTS_FORMAT: u64 = 1;
@@ -748,66 +752,24 @@ fn write_results(path: &Path, fresh: Vec<Value>) -> std::io::Result<()> {
 fn table<'a>(results: impl Iterator<Item = &'a Measured>) -> String {
     let header =
         ["scenario", "events/s", "calls/s", "p50", "p99", "p99.9", "max", "fsyncs", "events/fsync", "MB/s"];
-    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
-    for m in results {
-        let dash = || "-".to_string();
-        rows.push(vec![
-            m.name.clone(),
-            m.events_per_second().map_or_else(dash, format_rate),
-            format_rate(m.calls_per_second()),
-            format_micros(m.micros(0.5)),
-            format_micros(m.micros(0.99)),
-            format_micros(m.micros(0.999)),
-            format_micros(m.latency.max() as f64 / 1_000.0),
-            m.syncs.map_or_else(dash, |s| s.to_string()),
-            m.events_per_sync().map_or_else(dash, |e| format!("{e:.1}")),
-            m.bytes_per_second().map_or_else(dash, |b| format!("{:.1}", b / 1e6)),
-        ]);
-    }
-    let mut widths = vec![0; header.len()];
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for (i, row) in rows.iter().enumerate() {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(column, (cell, &width))| {
-                let pad = " ".repeat(width - cell.chars().count());
-                // Names left-aligned, figures right-aligned.
-                if column == 0 {
-                    format!("{cell}{pad}")
-                } else {
-                    format!("{pad}{cell}")
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
-            out.push_str(&rule.join("  "));
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// `1.23M`, `456K`, `789`.
-fn format_rate(per_second: f64) -> String {
-    if per_second >= 1e6 {
-        format!("{:.2}M", per_second / 1e6)
-    } else if per_second >= 1e4 {
-        format!("{:.0}K", per_second / 1e3)
-    } else if per_second >= 1e3 {
-        format!("{:.1}K", per_second / 1e3)
-    } else {
-        format!("{per_second:.0}")
-    }
+    let dash = || "-".to_string();
+    let rows: Vec<Vec<String>> = results
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.events_per_second().map_or_else(dash, format_rate),
+                format_rate(m.calls_per_second()),
+                format_micros(m.micros(0.5)),
+                format_micros(m.micros(0.99)),
+                format_micros(m.micros(0.999)),
+                format_micros(m.latency.max() as f64 / 1_000.0),
+                m.syncs.map_or_else(dash, |s| s.to_string()),
+                m.events_per_sync().map_or_else(dash, |e| format!("{e:.1}")),
+                m.bytes_per_second().map_or_else(dash, |b| format!("{:.1}", b / 1e6)),
+            ]
+        })
+        .collect();
+    text::render(&header, &rows)
 }
 
 /// `1.23 ms`, `456 µs`, `12.3 µs`, `0.85 µs`.

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::text::{format_rate, render};
 use crate::{cargo_metadata, run_cargo, target_directory};
 
 /// A target a figure should meet.
@@ -360,31 +361,6 @@ fn table(results: &[BenchResult], run_started: Option<SystemTime>) -> String {
     out
 }
 
-/// Rows under a header, each column as wide as its widest cell, left-aligned.
-fn render<R: AsRef<[String]>>(header: &[&str], rows: &[R]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row.as_ref()) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, &width)| format!("{cell}{}", " ".repeat(width.saturating_sub(cell.chars().count()))))
-            .collect();
-        let _ = writeln!(out, "{}", padded.join("  ").trim_end());
-    };
-    line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>());
-    line(&widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>());
-    for row in rows {
-        line(row.as_ref());
-    }
-    out
-}
-
 /// The durable bench's scenarios that the targets read.
 const DURABLE_1_WRITER: &str = "durable/single/1_writer";
 const DURABLE_64_WRITERS: &str = "durable/single/64_writers";
@@ -648,19 +624,6 @@ fn durable_table(results: &[DurableResult], run_started: Option<SystemTime>) -> 
     let _ =
         writeln!(out, "the disk's raw append+fdatasync (tail against tail); the note holds the p50 reading.");
     out
-}
-
-/// `1.23M`, `456K`, `4.9K`, `789`: a rate per second, compact.
-fn format_rate(per_second: f64) -> String {
-    if per_second >= 1e6 {
-        format!("{:.2}M", per_second / 1e6)
-    } else if per_second >= 1e4 {
-        format!("{:.0}K", per_second / 1e3)
-    } else if per_second >= 1e3 {
-        format!("{:.1}K", per_second / 1e3)
-    } else {
-        format!("{per_second:.0}")
-    }
 }
 
 fn format_target(target: Target) -> String {

@@ -13,6 +13,7 @@
 //! criterion write. The tidy test (`tidy.rs`) runs with `cargo test --workspace`.
 
 mod bench;
+mod text;
 
 #[cfg(test)]
 mod tidy;

@@ -17,58 +17,7 @@ use common::inproc::InProcess;
 use common::{check, columnar, event, ok, scenarios, stats, Client, Req};
 use serde_json::{json, Value};
 
-macro_rules! scenario_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                scenarios::$name(&InProcess::new());
-            }
-        )*
-    };
-}
-
-scenario_tests!(
-    health,
-    append_and_read_back,
-    round_trip_exactness,
-    routing_errors,
-    content_type_errors,
-    body_errors,
-    not_found_errors,
-    size_limits,
-    body_too_large,
-    declared_body_too_large,
-    query_validation,
-    paging,
-    as_of_state,
-    percent_encoded_entity_ids,
-    idempotent_retry,
-    batch_append,
-    batch_atomicity,
-    batch_expected_version,
-    ndjson_batch,
-    stats_and_projections,
-    optimistic_concurrency,
-);
-
-macro_rules! columnar_tests {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                columnar::$name(&InProcess::new());
-            }
-        )*
-    };
-}
-
-columnar_tests!(
-    arrow_query_matches_json,
-    arrow_accept_negotiation,
-    columnar_errors_are_json,
-    export_matches_query
-);
+common::shared_scenario_tests!(InProcess::new());
 
 /// 70,000 events: 18 pages of the export, two Parquet row groups.
 #[test]

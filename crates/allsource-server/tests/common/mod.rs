@@ -14,6 +14,39 @@ pub mod scenarios;
 
 use serde_json::{json, Value};
 
+/// Every shared scenario (`scenarios` and `columnar`) as a `#[test]`, each on a fresh
+/// client made by `$client`: one list for the in-process and the end-to-end tests.
+#[allow(unused_macros)] // the crash tests include this module too
+macro_rules! shared_scenario_tests {
+    ($client:expr) => {
+        $crate::common::shared_scenario_tests!(@tests $client;
+            scenarios: health, append_and_read_back, round_trip_exactness, routing_errors,
+                content_type_errors, body_errors, not_found_errors, size_limits, body_too_large,
+                declared_body_too_large, query_validation, paging, as_of_state,
+                percent_encoded_entity_ids, idempotent_retry, batch_append, batch_atomicity,
+                batch_expected_version, ndjson_batch, stats_and_projections,
+                optimistic_concurrency;
+            columnar: arrow_query_matches_json, arrow_accept_negotiation, columnar_errors_are_json,
+                export_matches_query);
+    };
+    (@tests $client:expr; scenarios: $($scenario:ident),*; columnar: $($columnar:ident),*) => {
+        $(
+            #[test]
+            fn $scenario() {
+                $crate::common::scenarios::$scenario(&$client);
+            }
+        )*
+        $(
+            #[test]
+            fn $columnar() {
+                $crate::common::columnar::$columnar(&$client);
+            }
+        )*
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use shared_scenario_tests;
+
 /// A request, independent of the transport.
 #[derive(Debug, Clone)]
 pub struct Req {
