@@ -35,9 +35,11 @@ pub mod error;
 mod export;
 mod extract;
 mod handlers;
+pub mod options;
 mod routes;
 
 pub use allsource_core::EventStore;
 pub use config::{Config, Sync};
 pub use error::AppError;
-pub use routes::app;
+pub use options::AppOptions;
+pub use routes::{app, app_with};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allsource_core::WalConfig;
-use allsource_server::{app, Config, EventStore, Sync};
+use allsource_server::{app_with, AppOptions, Config, EventStore, Sync};
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -41,10 +41,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "listening on {local_addr}");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(store.clone())).with_graceful_shutdown(async {
-        // A dropped sender (which cannot happen before a signal) also stops the server.
-        let _ = stop_rx.await;
-    });
+    let server = axum::serve(listener, app_with(store.clone(), AppOptions::default()))
+        .with_graceful_shutdown(async {
+            // A dropped sender (which cannot happen before a signal) also stops the server.
+            let _ = stop_rx.await;
+        });
     let mut server = tokio::spawn(async move { server.await });
 
     tokio::select! {

@@ -16,11 +16,18 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::AppError;
+use crate::options::AppOptions;
 use crate::{export, handlers};
 
-/// The whole HTTP API over `store`, ready to serve or to drive in tests with
-/// `tower::ServiceExt::oneshot`.
+/// The whole HTTP API over `store` with the default [`AppOptions`], ready to serve or
+/// to drive in tests with `tower::ServiceExt::oneshot`.
 pub fn app(store: Arc<EventStore>) -> Router {
+    app_with(store, AppOptions::default())
+}
+
+/// The whole HTTP API over `store`, set up as `options` says.
+pub fn app_with(store: Arc<EventStore>, options: AppOptions) -> Router {
+    let _ = &options;
     Router::new()
         .route("/health", get(handlers::health))
         .route("/api/v1/events", post(handlers::append_event))

@@ -1,0 +1,12 @@
+//! What the router needs besides the store: the settings of the optional parts of the
+//! API (authentication, limits, subscriptions, metrics), built from the [`Config`]
+//! by the binary and left at their defaults by tests that do not care.
+//!
+//! [`Config`]: crate::Config
+
+/// The settings [`app_with`](crate::app_with) builds the router from. `Default` is
+/// the API as the contract describes it with no keys, the default limits and a fresh
+/// metrics registry.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct AppOptions {}
