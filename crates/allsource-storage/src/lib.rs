@@ -23,10 +23,12 @@ pub mod archive;
 pub mod columnar;
 mod durable;
 pub mod fs;
+mod histogram;
 pub mod sim;
 mod wal;
 
 pub use durable::{DurableLog, WAL_DIR};
+pub use histogram::{AtomicHistogram, HistogramSnapshot, EVENTS_PER_SYNC_BOUNDS, SYNC_MICROS_BOUNDS};
 pub use wal::{
     RecoveryBase, RecoveryReport, SyncMode, Wal, WalConfig, CHUNK_EVENTS_DEFAULT, SEGMENT_BYTES_MAX_DEFAULT,
 };
@@ -111,6 +113,14 @@ pub struct LogInfo {
     pub synced_events: u64,
     /// How long the last record's fdatasync took, in microseconds.
     pub last_sync_micros: u64,
+    /// How long each record's fdatasync took, in microseconds (bounds
+    /// [`SYNC_MICROS_BOUNDS`]); for metrics, not in the stats' JSON.
+    #[serde(skip)]
+    pub sync_micros: HistogramSnapshot,
+    /// How many events each fdatasync covered (bounds [`EVENTS_PER_SYNC_BOUNDS`]); its
+    /// sum is `synced_events`. For metrics, not in the stats' JSON.
+    #[serde(skip)]
+    pub events_per_sync: HistogramSnapshot,
     /// The last position sealed into a Parquet chunk (0: none).
     pub sealed_position: Position,
     /// Sealed chunks (Parquet files).

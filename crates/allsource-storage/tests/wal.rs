@@ -88,6 +88,30 @@ fn real_files_round_trip_and_continue() {
     assert_eq!(wal.recover().unwrap(), plain(&events(1..=7)));
 }
 
+/// Every synced record lands in the sync histograms: one latency per sync, and the
+/// events each sync covered, whose sum is `synced_events`. Without syncs, nothing.
+#[test]
+fn syncs_are_observed_in_histograms() {
+    let fs = SimFs::new();
+    let wal = open_sim(&fs, 1 << 20).unwrap();
+    assert_eq!(write_groups(&wal, 10), [1, 2, 3, 4]);
+    let info = wal.describe();
+    assert_eq!(info.events_per_sync.bounds, &allsource_storage::EVENTS_PER_SYNC_BOUNDS);
+    // Buckets <= 1, <= 2, <= 4, then nothing above.
+    assert_eq!(info.events_per_sync.counts[..4], [1, 1, 2, 0]);
+    assert_eq!((info.events_per_sync.count(), info.events_per_sync.sum), (4, 10));
+    assert_eq!(info.events_per_sync.sum, info.synced_events);
+    assert_eq!(info.sync_micros.count(), info.syncs);
+    assert_eq!(info.sync_micros.counts.len(), allsource_storage::SYNC_MICROS_BOUNDS.len() + 1);
+
+    let unsynced = SimFs::new();
+    let config = WalConfig { sync: SyncMode::None, ..config(1 << 20) };
+    let (wal, _) = Wal::open(Arc::new(unsynced), Path::new("/data/wal"), config).unwrap();
+    wal.append(&events(1..=3)).unwrap();
+    let info = wal.describe();
+    assert_eq!((info.events_per_sync.count(), info.sync_micros.count(), info.syncs), (0, 0, 0));
+}
+
 #[test]
 fn a_second_process_cannot_open_a_locked_directory() {
     let dir = tempfile::tempdir().unwrap();
