@@ -15,7 +15,7 @@ use allsource_storage::archive::Checkpoint;
 use allsource_storage::columnar::{IpcStreamWriter, ParquetFileWriter};
 use allsource_storage::{DurableLog, Log, LogInfo, MemoryLog, RecoveryReport, WalConfig};
 use foldhash::fast::RandomState;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
@@ -190,7 +190,12 @@ struct Inner {
     waiters: Waiters,
     /// Wakes the sealer when events were published; its flag says "stop".
     sealer: (Mutex<bool>, Condvar),
+    /// Called with the new committed position each time it advances.
+    commit_listeners: RwLock<Vec<CommitListener>>,
 }
+
+/// A function [`EventStore::on_commit`] calls with the new committed position.
+type CommitListener = Box<dyn Fn(Position) + Send + Sync>;
 
 impl Default for EventStore {
     fn default() -> Self {
@@ -369,6 +374,7 @@ impl Inner {
             queue: group_commit.then(|| (Mutex::new(Queue::default()), Condvar::new())),
             waiters: Waiters::default(),
             sealer: (Mutex::new(false), Condvar::new()),
+            commit_listeners: RwLock::new(Vec::new()),
         }
     }
 
@@ -659,6 +665,10 @@ impl Inner {
             // being published; both agree once the append is acknowledged.)
             self.committed.store(last.position, Ordering::Release);
         }
+        // Before the appenders wake: when an append returns, listeners have heard of it.
+        for listener in self.commit_listeners.read().iter() {
+            listener(last.position);
+        }
         self.ingested.fetch_add(events.len() as u64, Ordering::Relaxed);
         self.waiters.committed(last.position);
         // Taking the sealer's lock orders this wake-up after its last check.
@@ -812,6 +822,15 @@ impl EventStore {
     /// The last committed position: every position up to it is visible.
     pub fn committed_position(&self) -> Position {
         self.inner.committed.load(Ordering::Acquire)
+    }
+
+    /// Registers `listener`, called with the new committed position each time it
+    /// advances, after the events up to it are visible to every read. It runs on the
+    /// thread that commits (the publisher thread, or an appender's with an in-memory
+    /// log), so it must be quick and must not block: wake a waiter, set a flag (and not
+    /// register another listener). A listener stays registered for the life of the store.
+    pub fn on_commit(&self, listener: impl Fn(Position) + Send + Sync + 'static) {
+        self.inner.commit_listeners.write().push(Box::new(listener));
     }
 
     /// The event with this id.

@@ -339,3 +339,28 @@ fn concurrent_writers_get_gapless_unique_positions_and_versions() {
         last_timestamp = event.timestamp;
     }
 }
+
+/// `on_commit` listeners hear every advance of the committed position, once the events
+/// up to it are readable: with the inline commit of the in-memory log and with the
+/// publisher thread of a durable one.
+#[test]
+fn commit_listeners_see_each_advance_once_it_is_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let (durable, _) = EventStore::open_dir(dir.path(), allsource_core::WalConfig::default()).unwrap();
+    for store in [Arc::new(EventStore::new()), Arc::new(durable)] {
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let (sink, reader) = (heard.clone(), Arc::downgrade(&store));
+        store.on_commit(move |position| {
+            // The listener runs after the watermark moved: a read finds the events.
+            let visible = reader.upgrade().map(|s| s.committed_position());
+            sink.lock().unwrap().push((position, visible));
+        });
+        store.append(new("t", "a", json!({}))).unwrap();
+        store.append_batch(vec![new("t", "b", json!({})), new("t", "c", json!({}))]).unwrap();
+        let heard = heard.lock().unwrap().clone();
+        assert_eq!(heard.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![1, 3], "{heard:?}");
+        for (position, visible) in heard {
+            assert!(visible.is_some_and(|v| v >= position), "{position} heard before visible ({visible:?})");
+        }
+    }
+}
