@@ -47,6 +47,12 @@ macro_rules! validated_id {
             pub fn as_arc(&self) -> &Arc<str> {
                 &self.0
             }
+
+            /// Checks `value` against the rule without making an id: 1..=256 bytes, no
+            /// control characters.
+            pub fn check(value: &str) -> Result<(), Error> {
+                check_id($what, value)
+            }
         }
 
         impl TryFrom<&str> for $name {

@@ -41,7 +41,8 @@ pub use allsource_storage::{
     CHUNK_EVENTS_DEFAULT, SEGMENT_BYTES_MAX_DEFAULT,
 };
 pub use commit::Ticket;
-pub use store::{Appended, BatchAppended, EntityState, EventStore, ExportFormat, QueryPage, Stats};
+pub use store::{Appended, BatchAppended, EntityState, EventStore, ExportFormat, QueryPage, Stats, ViewPage};
+pub use table::EventView;
 
 /// Projections: the trait to implement for a custom one, and the built-in ones.
 pub mod projection {

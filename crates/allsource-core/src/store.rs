@@ -13,7 +13,7 @@ use allsource_index::{first_position_where, IdIndex, PositionIndex, PositionRang
 use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
 use allsource_storage::archive::Checkpoint;
 use allsource_storage::columnar::{IpcStreamWriter, ParquetFileWriter};
-use allsource_storage::{DurableLog, Log, LogInfo, MemoryLog, RecoveryReport, WalConfig};
+use allsource_storage::{DurableLog, Log, LogInfo, MemoryLog, Recovered, RecoveryReport, WalConfig};
 use foldhash::fast::RandomState;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::commit::{Ticket, Waiters};
 use crate::ids::IdGenerator;
-use crate::table::EventTable;
+use crate::table::{columns_of, EventTable, EventView};
 
 /// The result of appending one event.
 #[derive(Debug, Clone)]
@@ -48,6 +48,15 @@ pub struct BatchAppended {
 pub struct QueryPage {
     /// The matching events, in ascending position, at most the query's limit.
     pub events: Vec<Arc<Event>>,
+    /// The last returned position when more events match, to pass as `after`.
+    pub next_after: Option<Position>,
+}
+
+/// One page of a query's answer, the events as [`EventView`]s.
+#[derive(Debug, Clone, Default)]
+pub struct ViewPage {
+    /// The matching events, in ascending position, at most the query's limit.
+    pub events: Vec<EventView>,
     /// The last returned position when more events match, to pass as `after`.
     pub next_after: Option<Position>,
 }
@@ -94,6 +103,11 @@ pub struct Stats {
     pub total_ingested: u64,
     /// Whether the store refuses writes after a storage failure.
     pub read_only: bool,
+    /// Events held in memory as Arrow columns (sealed chunks) rather than as event
+    /// objects.
+    pub columnar_events: u64,
+    /// The bytes of those columns.
+    pub columnar_bytes: u64,
     /// The log behind the store.
     #[serde(skip)]
     pub log: LogInfo,
@@ -379,69 +393,95 @@ impl Inner {
     }
 
     /// Rebuilds every table from the log's events, checking that positions and
-    /// versions are gapless.
+    /// versions are gapless and timestamps never go back. Sealed chunks stay columns:
+    /// their rows are indexed, not made into events.
     ///
     /// A projection checkpoint that matches the log (the event at its position has its
     /// id and timestamp) is restored, and those projections see only the events after
     /// it; one that does not match is ignored, never trusted.
     /// Returns the position the projection checkpoint on disk covers (0: none that
     /// matched), so that a clean stop writes a new one when it is behind.
-    fn recover(&self, recovered: Vec<Event>, checkpoint: Option<Checkpoint>) -> Result<Position> {
-        let (restored, restored_through) = self.restore_checkpoint(&recovered, checkpoint);
+    fn recover(&self, recovered: Recovered, checkpoint: Option<Checkpoint>) -> Result<Position> {
         let mut sequencer = self.sequencer.lock();
-        let mut last = 0;
-        for event in recovered {
-            if event.position != sequencer.next_position {
+        let Sequencer { versions, event_types, next_position, last_timestamp, .. } = &mut *sequencer;
+        let mut intern_type = |text: &str| intern_event_type(event_types, text);
+        self.table.load_sealed(&recovered.sealed, &mut intern_type)?;
+        let mut check = |position: Position, entity: &str, version: Version, timestamp: Timestamp| {
+            if position != *next_position {
                 return Err(Error::Internal(format!(
-                    "recovered position {} where {} was expected",
-                    event.position, sequencer.next_position
+                    "recovered position {position} where {next_position} was expected"
                 )));
             }
-            let current = sequencer.versions.get(&event.entity_id).copied().unwrap_or(0);
-            if event.version != current + 1 {
+            let entity_id = match versions.get_key_value(entity) {
+                Some((entity_id, &current)) if version == current + 1 => entity_id.clone(),
+                None if version == 1 => EntityId::try_from(entity)?,
+                other => {
+                    return Err(Error::Internal(format!(
+                        "recovered version {version} of entity '{entity}' where {} was expected",
+                        other.map_or(0, |(_, v)| *v) + 1
+                    )))
+                }
+            };
+            if timestamp < *last_timestamp {
                 return Err(Error::Internal(format!(
-                    "recovered version {} of entity '{}' where {} was expected",
-                    event.version,
-                    event.entity_id,
-                    current + 1
+                    "recovered timestamp at position {position} goes back in time"
                 )));
             }
-            if event.timestamp < sequencer.last_timestamp {
-                return Err(Error::Internal(format!(
-                    "recovered timestamp at position {} goes back in time",
-                    event.position
-                )));
+            *next_position += 1;
+            *last_timestamp = timestamp;
+            versions.insert(entity_id.clone(), version);
+            Ok(entity_id)
+        };
+        for columns in &recovered.sealed {
+            let types =
+                columns.event_type_values().map(&mut intern_type).collect::<Result<Vec<EventType>>>()?;
+            for row in 0..columns.len() {
+                let position = columns.position(row);
+                let entity_id =
+                    check(position, columns.entity_id(row), columns.version(row), columns.timestamp(row))?;
+                let event_type = types.get(columns.event_type_key(row)).cloned().ok_or_else(|| {
+                    Error::Internal(format!("recovered position {position}: no event type"))
+                })?;
+                self.ids.insert(columns.id(row), position);
+                self.entities.push(entity_id, position);
+                self.event_types.push(event_type, position);
             }
-            let event = Arc::new(event);
-            sequencer.next_position += 1;
-            sequencer.last_timestamp = event.timestamp;
-            sequencer.versions.insert(event.entity_id.clone(), event.version);
-            sequencer.event_types.insert(event.event_type.clone());
-            self.index(&event);
-            let except: &[String] = if event.position <= restored_through { &restored } else { &[] };
-            self.publish_except(&event, None, except);
-            last = event.position;
         }
+        for event in recovered.tail {
+            let entity_id = check(event.position, event.entity_id.as_str(), event.version, event.timestamp)?;
+            let event_type = intern_type(event.event_type.as_str())?;
+            let event = Arc::new(Event { entity_id, event_type, ..event });
+            self.index(&event);
+        }
+        let last = *next_position - 1;
+        drop(sequencer);
         self.committed.store(last, Ordering::Release);
+
+        let (restored, restored_through) = self.restore_checkpoint(checkpoint, last);
+        let names = self.projections.names();
+        let all_restored = names.iter().all(|name| restored.contains(name));
+        let first = if all_restored { restored_through + 1 } else { 1 };
+        for position in first..=last {
+            let event = self.table.get(position).ok_or_else(|| {
+                Error::Internal(format!("recovered position {position} is missing from the table"))
+            })?;
+            let except: &[String] = if position <= restored_through { &restored } else { &[] };
+            self.publish_except(&event, None, except);
+        }
         Ok(restored_through)
     }
 
-    /// Restores the projections from `checkpoint` if it matches `recovered`; returns
-    /// the names restored and the position they are restored to.
-    fn restore_checkpoint(
-        &self,
-        recovered: &[Event],
-        checkpoint: Option<Checkpoint>,
-    ) -> (Vec<String>, Position) {
+    /// Restores the projections from `checkpoint` if it matches the recovered log
+    /// (which ends at `last`); returns the names restored and the position they are
+    /// restored to.
+    fn restore_checkpoint(&self, checkpoint: Option<Checkpoint>, last: Position) -> (Vec<String>, Position) {
         let Some(checkpoint) = checkpoint else { return (Vec::new(), 0) };
-        let matches = checkpoint.position >= 1
-            && usize::try_from(checkpoint.position - 1).ok().and_then(|i| recovered.get(i)).is_some_and(
-                |e| {
-                    e.position == checkpoint.position
-                        && e.id == checkpoint.event_id
-                        && e.timestamp.as_micros() == checkpoint.timestamp_micros
-                },
-            );
+        let matches = (1..=last).contains(&checkpoint.position)
+            && self.table.view(checkpoint.position).is_some_and(|e| {
+                e.position() == checkpoint.position
+                    && e.id() == checkpoint.event_id
+                    && e.timestamp().as_micros() == checkpoint.timestamp_micros
+            });
         if !matches {
             tracing::warn!(
                 position = checkpoint.position,
@@ -468,11 +508,11 @@ impl Inner {
         let checkpoint = {
             let _apply = self.apply_lock.lock();
             let position = self.committed.load(Ordering::Acquire);
-            let event = self.table.get(position)?;
+            let event = self.table.view(position)?;
             Checkpoint {
                 position,
-                event_id: event.id,
-                timestamp_micros: event.timestamp.as_micros(),
+                event_id: event.id(),
+                timestamp_micros: event.timestamp().as_micros(),
                 projections: self.projections.checkpoint(),
             }
         };
@@ -725,10 +765,23 @@ impl Inner {
                 return;
             }
             self.compact_all();
+            self.seal_table_chunks();
             let entities = self.projections.snapshots().len() as u64;
             let committed = self.committed.load(Ordering::Acquire);
             if committed - checkpointed >= CHECKPOINT_EVENTS_PER_ENTITY * entities.max(1) {
                 checkpointed = self.write_checkpoint().unwrap_or(checkpointed);
+            }
+        }
+    }
+
+    /// Turns the table's full chunks that are sealed on disk into columns, freeing
+    /// their event objects. A failure is logged: the chunk stays as it is.
+    fn seal_table_chunks(&self) {
+        let mut intern = |text: &str| intern_event_type(&mut self.sequencer.lock().event_types, text);
+        for index in self.table.full_open_chunks(self.log.sealed_position()) {
+            if let Err(error) = self.table.seal(index, &mut intern) {
+                tracing::error!(%error, index, "could not turn a table chunk into columns");
+                return;
             }
         }
     }
@@ -835,16 +888,31 @@ impl EventStore {
 
     /// The event with this id.
     pub fn get_event(&self, id: Uuid) -> Result<Arc<Event>> {
+        self.get_event_view(id)?.to_event()
+    }
+
+    /// The event with this id, without making it whole (see [`EventView`]).
+    pub fn get_event_view(&self, id: Uuid) -> Result<EventView> {
         self.inner
             .ids
             .get(&id)
             .filter(|&p| p <= self.committed_position())
-            .and_then(|p| self.inner.table.get(p))
+            .and_then(|p| self.inner.table.view(p))
             .ok_or(Error::EventNotFound(id))
     }
 
     /// The events matching `request`, one page of them.
     pub fn query(&self, request: QueryEventsRequest) -> Result<QueryPage> {
+        let page = self.query_views(request)?;
+        Ok(QueryPage {
+            events: page.events.iter().map(EventView::to_event).collect::<Result<_>>()?,
+            next_after: page.next_after,
+        })
+    }
+
+    /// [`EventStore::query`] without making the events whole: what the server renders
+    /// its JSON from.
+    pub fn query_views(&self, request: QueryEventsRequest) -> Result<ViewPage> {
         let query = Query::try_from(request)?;
         Ok(self.query_page(&query, self.committed_position()))
     }
@@ -853,9 +921,9 @@ impl EventStore {
     /// batch (the schema of `allsource_storage::columnar`); same filters and paging as
     /// [`EventStore::query`]. Returns the stream, the number of events and `next_after`.
     pub fn query_arrow_ipc(&self, request: QueryEventsRequest) -> Result<(Vec<u8>, usize, Option<Position>)> {
-        let page = self.query(request)?;
+        let page = self.query_views(request)?;
         let mut writer = IpcStreamWriter::new(Vec::new())?;
-        writer.write(&page.events)?;
+        writer.write_batch(columns_of(&page.events)?.batch())?;
         Ok((writer.finish()?, page.events.len(), page.next_after))
     }
 
@@ -863,6 +931,7 @@ impl EventStore {
     /// size the export reads with) as an Arrow IPC stream or a Parquet file to `out`,
     /// in position order; returns how many events were written. The export is of the
     /// log as committed when it starts: events appended meanwhile are not in it.
+    /// Sealed events are copied column by column, never made into event objects.
     pub fn export<W: std::io::Write + Send>(
         &self,
         request: QueryEventsRequest,
@@ -879,9 +948,10 @@ impl EventStore {
         loop {
             let page = self.query_page(&query, ceiling);
             if !page.events.is_empty() {
+                let columns = columns_of(&page.events)?;
                 match &mut sink {
-                    ExportSink::Ipc(writer) => writer.write(&page.events)?,
-                    ExportSink::Parquet(writer) => writer.write(&page.events)?,
+                    ExportSink::Ipc(writer) => writer.write_batch(columns.batch())?,
+                    ExportSink::Parquet(writer) => writer.write_batch(columns.batch())?,
                 }
                 written += page.events.len() as u64;
             }
@@ -898,7 +968,7 @@ impl EventStore {
     }
 
     /// One page of `query`'s matches among the positions up to `ceiling`.
-    fn query_page(&self, query: &Query, ceiling: Position) -> QueryPage {
+    fn query_page(&self, query: &Query, ceiling: Position) -> ViewPage {
         let mut range = self.position_range(query.after, query.since, query.until);
         range.last = range.last.min(ceiling);
         let limit = query.limit;
@@ -913,9 +983,9 @@ impl EventStore {
         };
         let more = positions.len() > limit;
         positions.truncate(limit);
-        let events: Vec<Arc<Event>> = positions.iter().filter_map(|&p| self.inner.table.get(p)).collect();
-        let next_after = if more { events.last().map(|e| e.position) } else { None };
-        QueryPage { events, next_after }
+        let events = self.inner.table.views(&positions);
+        let next_after = if more { events.last().map(EventView::position) } else { None };
+        ViewPage { events, next_after }
     }
 
     /// Entity and type: walk the shorter list, check the other field on each event.
@@ -937,10 +1007,9 @@ impl EventStore {
                 self.inner.event_types.select(event_type.as_str(), range, STEP)
             };
             let Some(&last) = candidates.last() else { break };
-            for position in candidates {
-                let Some(event) = self.inner.table.get(position) else { continue };
-                if event.entity_id == *entity && event.event_type == *event_type {
-                    found.push(position);
+            for event in self.inner.table.views(&candidates) {
+                if event.entity_id() == entity.as_str() && event.event_type() == event_type.as_str() {
+                    found.push(event.position());
                     if found.len() == wanted {
                         break;
                     }
@@ -976,9 +1045,10 @@ impl EventStore {
         let entity = EntityId::try_from(entity_id)?;
         let range = self.position_range(0, None, as_of);
         let positions = self.inner.entities.select(entity.as_str(), range, usize::MAX);
-        let events: Vec<Arc<Event>> = positions.iter().filter_map(|&p| self.inner.table.get(p)).collect();
-        let snapshot = Snapshot::replay(events.iter().map(|e| &**e))
-            .ok_or_else(|| Error::EntityNotFound(entity_id.to_string()))?;
+        let events = self.inner.table.views(&positions);
+        let snapshot =
+            Snapshot::replay_texts(events.iter().map(|e| (e.payload(), e.version(), e.timestamp())))
+                .ok_or_else(|| Error::EntityNotFound(entity_id.to_string()))?;
         Ok(entity_state(entity_id, snapshot, as_of))
     }
 
@@ -997,12 +1067,15 @@ impl EventStore {
 
     /// Counts over the whole store.
     pub fn stats(&self) -> Stats {
+        let (columnar_events, columnar_bytes) = self.inner.table.columnar();
         Stats {
             total_events: self.committed_position(),
             total_entities: self.inner.projections.snapshots().len() as u64,
             total_event_types: self.inner.projections.counters().len() as u64,
             total_ingested: self.inner.ingested.load(Ordering::Relaxed),
             read_only: self.inner.failure().is_some(),
+            columnar_events,
+            columnar_bytes,
             log: self.inner.log.describe(),
         }
     }
@@ -1045,6 +1118,16 @@ fn entity_state(entity_id: &str, snapshot: Snapshot, as_of: Option<Timestamp>) -
         last_event_at: snapshot.last_event_at,
         as_of,
     }
+}
+
+/// The event type `text` as interned in `event_types` (added if new).
+fn intern_event_type(event_types: &mut HashSet<EventType, RandomState>, text: &str) -> Result<EventType> {
+    if let Some(event_type) = event_types.get(text) {
+        return Ok(event_type.clone());
+    }
+    let event_type = EventType::try_from(text)?;
+    event_types.insert(event_type.clone());
+    Ok(event_type)
 }
 
 fn duplicate_id_error(id: Uuid) -> Error {

@@ -1,21 +1,241 @@
 //! The in-memory table of committed events, addressed by position.
 //!
 //! Events live in fixed-size chunks, so finding an event by position is arithmetic
-//! (chunk = (position - 1) / CHUNK_EVENTS) plus one slot read, and growing the table
-//! never moves an event. Only the engine's apply step writes, one position after the
-//! other; readers read positions at or below the committed watermark, which the apply
-//! step advances only after the slots are filled.
+//! (chunk = (position - 1) / CHUNK_EVENTS) plus one row read, and growing the table
+//! never moves an event. A chunk is *open* while it fills: one slot per position, set
+//! once by the engine's apply step, in position order. Once every position of a chunk
+//! is committed, the sealer turns it into a *sealed* chunk: one Arrow record batch of
+//! the documented schema (`allsource_storage::columnar`), with no heap object per
+//! event. At start-up the chunks recovered from Parquet files are sealed chunks from
+//! the start. Readers read positions at or below the committed watermark only.
 
 use std::sync::{Arc, OnceLock};
 
-use allsource_core_types::{Event, Position, Timestamp};
+use allsource_core_types::{EntityId, Error, Event, EventType, Json, Position, Timestamp, Version};
+use allsource_storage::columnar::{EventColumns, JsonCheck};
 use parking_lot::RwLock;
+use uuid::Uuid;
 
 /// Events per chunk; a power of two so that the arithmetic is a shift and a mask.
-const CHUNK_EVENTS: usize = 1 << 16;
+pub(crate) const CHUNK_EVENTS: usize = 1 << 16;
 const _: () = assert!(CHUNK_EVENTS.is_power_of_two());
 
-type Chunk = Arc<[OnceLock<Arc<Event>>]>;
+/// A chunk still filling: one slot per position.
+type Slots = Arc<[OnceLock<Arc<Event>>]>;
+
+#[derive(Clone)]
+enum Chunk {
+    Open(Slots),
+    Sealed(Arc<SealedChunk>),
+}
+
+/// A full chunk as columns, with its event types interned for the engine.
+pub struct SealedChunk {
+    columns: EventColumns,
+    /// The interned event type of each of the columns' dictionary keys.
+    event_types: Vec<EventType>,
+}
+
+impl SealedChunk {
+    fn new(
+        columns: EventColumns,
+        intern: &mut dyn FnMut(&str) -> Result<EventType, Error>,
+    ) -> Result<Self, Error> {
+        let event_types = columns.event_type_values().map(&mut *intern).collect::<Result<Vec<_>, _>>()?;
+        Ok(SealedChunk { columns, event_types })
+    }
+
+    /// The event in `row`, made whole.
+    fn event(&self, row: usize) -> Result<Event, Error> {
+        let c = &self.columns;
+        let bad = |why: String| Error::Internal(format!("sealed row {row}: {why}"));
+        Ok(Event {
+            id: c.id(row),
+            event_type: self
+                .event_types
+                .get(c.event_type_key(row))
+                .cloned()
+                .ok_or_else(|| bad("event type".into()))?,
+            entity_id: EntityId::try_from(c.entity_id(row)).map_err(|e| bad(e.to_string()))?,
+            payload: Json::from_compact_text(c.payload(row).to_string()).map_err(|e| bad(e.to_string()))?,
+            metadata: Json::from_compact_text(c.metadata(row).to_string()).map_err(|e| bad(e.to_string()))?,
+            timestamp: c.timestamp(row),
+            version: c.version(row),
+            position: c.position(row),
+        })
+    }
+}
+
+/// One stored event, without making it whole: an event object of an open chunk, or a
+/// row of a sealed chunk. Cheap to make and to clone; reading a field of a row reads
+/// the column.
+#[derive(Clone)]
+pub struct EventView(ViewInner);
+
+#[derive(Clone)]
+enum ViewInner {
+    Object(Arc<Event>),
+    Row(Arc<SealedChunk>, usize),
+}
+
+impl EventView {
+    /// The event's id.
+    pub fn id(&self) -> Uuid {
+        match &self.0 {
+            ViewInner::Object(e) => e.id,
+            ViewInner::Row(c, row) => c.columns.id(*row),
+        }
+    }
+
+    /// The event's type.
+    pub fn event_type(&self) -> &str {
+        match &self.0 {
+            ViewInner::Object(e) => e.event_type.as_str(),
+            ViewInner::Row(c, row) => c.columns.event_type(*row),
+        }
+    }
+
+    /// The entity the event belongs to.
+    pub fn entity_id(&self) -> &str {
+        match &self.0 {
+            ViewInner::Object(e) => e.entity_id.as_str(),
+            ViewInner::Row(c, row) => c.columns.entity_id(*row),
+        }
+    }
+
+    /// The payload, as compact JSON text.
+    pub fn payload(&self) -> &str {
+        match &self.0 {
+            ViewInner::Object(e) => e.payload.as_str(),
+            ViewInner::Row(c, row) => c.columns.payload(*row),
+        }
+    }
+
+    /// The metadata, as compact JSON text.
+    pub fn metadata(&self) -> &str {
+        match &self.0 {
+            ViewInner::Object(e) => e.metadata.as_str(),
+            ViewInner::Row(c, row) => c.columns.metadata(*row),
+        }
+    }
+
+    /// When the event was appended.
+    pub fn timestamp(&self) -> Timestamp {
+        match &self.0 {
+            ViewInner::Object(e) => e.timestamp,
+            ViewInner::Row(c, row) => c.columns.timestamp(*row),
+        }
+    }
+
+    /// The event's version within its entity.
+    pub fn version(&self) -> Version {
+        match &self.0 {
+            ViewInner::Object(e) => e.version,
+            ViewInner::Row(c, row) => c.columns.version(*row),
+        }
+    }
+
+    /// The event's position in the log.
+    pub fn position(&self) -> Position {
+        match &self.0 {
+            ViewInner::Object(e) => e.position,
+            ViewInner::Row(c, row) => c.columns.position(*row),
+        }
+    }
+
+    /// The event made whole. For a sealed row this copies its texts and checks them
+    /// to be JSON once more (what making a [`Json`] costs).
+    pub fn to_event(&self) -> Result<Arc<Event>, Error> {
+        match &self.0 {
+            ViewInner::Object(e) => Ok(e.clone()),
+            ViewInner::Row(c, row) => c.event(*row).map(Arc::new),
+        }
+    }
+
+    /// Appends the event's JSON (the contract's shape, as `serde_json` writes an
+    /// [`Event`]) to `out`, copying the payload and metadata texts as they are.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        out.extend_from_slice(b"{\"id\":\"");
+        let mut id = Uuid::encode_buffer();
+        out.extend_from_slice(self.id().hyphenated().encode_lower(&mut id).as_bytes());
+        out.extend_from_slice(b"\",\"event_type\":");
+        write_json_string(out, self.event_type());
+        out.extend_from_slice(b",\"entity_id\":");
+        write_json_string(out, self.entity_id());
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(self.payload().as_bytes());
+        out.extend_from_slice(b",\"metadata\":");
+        out.extend_from_slice(self.metadata().as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            out,
+            ",\"timestamp\":\"{}\",\"version\":{},\"position\":{}}}",
+            self.timestamp(),
+            self.version(),
+            self.position()
+        );
+    }
+}
+
+impl std::fmt::Debug for EventView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut json = Vec::new();
+        self.write_json(&mut json);
+        f.write_str(&String::from_utf8_lossy(&json))
+    }
+}
+
+/// `text` as a JSON string, escaped as `serde_json` escapes it.
+fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    // Ids without characters to escape (nearly all) are copied; the rest go through
+    // serde_json, which cannot fail on a Vec.
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
+/// The events `views` (ascending positions) as columns: rows of one sealed chunk are
+/// taken from its columns (a slice when consecutive), event objects are converted.
+pub(crate) fn columns_of(views: &[EventView]) -> Result<EventColumns, Error> {
+    let mut parts: Vec<EventColumns> = Vec::new();
+    let mut i = 0;
+    while i < views.len() {
+        let start = i;
+        match &views[i].0 {
+            ViewInner::Row(chunk, _) => {
+                let mut rows = Vec::new();
+                while let Some(ViewInner::Row(c, row)) = views.get(i).map(|v| &v.0) {
+                    if !Arc::ptr_eq(c, chunk) {
+                        break;
+                    }
+                    rows.push(*row);
+                    i += 1;
+                }
+                parts.push(chunk.columns.take(&rows)?);
+            }
+            ViewInner::Object(_) => {
+                let mut events = Vec::new();
+                while let Some(ViewInner::Object(event)) = views.get(i).map(|v| &v.0) {
+                    events.push(event.clone());
+                    i += 1;
+                }
+                let batch = allsource_storage::columnar::to_record_batch(&events)?;
+                parts.push(EventColumns::try_new(&batch, JsonCheck::Trust)?);
+            }
+        }
+        debug_assert!(i > start);
+    }
+    match parts.len() {
+        0 => EventColumns::try_new(&allsource_storage::columnar::to_record_batch(&[])?, JsonCheck::Trust),
+        1 => Ok(parts.remove(0)),
+        _ => EventColumns::concat(&parts),
+    }
+}
 
 #[derive(Default)]
 pub(crate) struct EventTable {
@@ -27,8 +247,13 @@ fn slot_of(position: Position) -> Option<(usize, usize)> {
     Some((index / CHUNK_EVENTS, index % CHUNK_EVENTS))
 }
 
+fn open_chunk() -> Chunk {
+    Chunk::Open((0..CHUNK_EVENTS).map(|_| OnceLock::new()).collect())
+}
+
 impl EventTable {
-    /// Stores a committed event at its position. Called in position order only.
+    /// Stores a committed event at its position. Called in position order only, for
+    /// positions after the sealed chunks.
     pub(crate) fn insert(&self, event: Arc<Event>) {
         let Some((chunk, slot)) = slot_of(event.position) else { return };
         let existing = self.chunks.read().get(chunk).cloned();
@@ -37,24 +262,158 @@ impl EventTable {
             None => {
                 let mut chunks = self.chunks.write();
                 while chunks.len() <= chunk {
-                    chunks.push((0..CHUNK_EVENTS).map(|_| OnceLock::new()).collect());
+                    chunks.push(open_chunk());
                 }
                 chunks[chunk].clone()
             }
         };
-        // A slot is set once; the sequencer never hands out a position twice.
-        let _ = chunk[slot].set(event);
+        if let Chunk::Open(slots) = chunk {
+            // A slot is set once; the sequencer never hands out a position twice.
+            let _ = slots[slot].set(event);
+        }
     }
 
-    /// The event at `position`, if stored.
-    pub(crate) fn get(&self, position: Position) -> Option<Arc<Event>> {
+    fn chunk(&self, position: Position) -> Option<(Chunk, usize)> {
         let (chunk, slot) = slot_of(position)?;
-        self.chunks.read().get(chunk)?.get(slot)?.get().cloned()
+        Some((self.chunks.read().get(chunk)?.clone(), slot))
+    }
+
+    /// The event at `position`, if stored, without making it whole.
+    pub(crate) fn view(&self, position: Position) -> Option<EventView> {
+        match self.chunk(position)? {
+            (Chunk::Open(slots), slot) => Some(EventView(ViewInner::Object(slots.get(slot)?.get()?.clone()))),
+            (Chunk::Sealed(sealed), row) => {
+                (row < sealed.columns.len()).then(|| EventView(ViewInner::Row(sealed, row)))
+            }
+        }
+    }
+
+    /// The events at `positions` (ascending), if stored, taking the table's lock once.
+    pub(crate) fn views(&self, positions: &[Position]) -> Vec<EventView> {
+        let chunks = self.chunks.read();
+        positions
+            .iter()
+            .filter_map(|&position| {
+                let (chunk, slot) = slot_of(position)?;
+                match chunks.get(chunk)? {
+                    Chunk::Open(slots) => Some(EventView(ViewInner::Object(slots.get(slot)?.get()?.clone()))),
+                    Chunk::Sealed(sealed) => {
+                        (slot < sealed.columns.len()).then(|| EventView(ViewInner::Row(sealed.clone(), slot)))
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The event at `position`, if stored, made whole.
+    pub(crate) fn get(&self, position: Position) -> Option<Arc<Event>> {
+        match self.view(position)?.to_event() {
+            Ok(event) => Some(event),
+            Err(error) => {
+                tracing::error!(%error, position, "a sealed row does not make an event");
+                None
+            }
+        }
     }
 
     /// The timestamp of the event at `position`, without cloning the event.
     pub(crate) fn timestamp(&self, position: Position) -> Option<Timestamp> {
         let (chunk, slot) = slot_of(position)?;
-        Some(self.chunks.read().get(chunk)?.get(slot)?.get()?.timestamp)
+        match self.chunks.read().get(chunk)? {
+            Chunk::Open(slots) => Some(slots.get(slot)?.get()?.timestamp),
+            Chunk::Sealed(sealed) => (slot < sealed.columns.len()).then(|| sealed.columns.timestamp(slot)),
+        }
+    }
+
+    /// How many events are held as columns (in sealed chunks), and the bytes of those
+    /// columns.
+    pub(crate) fn columnar(&self) -> (u64, u64) {
+        self.chunks.read().iter().fold((0, 0), |(events, bytes), chunk| match chunk {
+            Chunk::Sealed(sealed) => {
+                (events + sealed.columns.len() as u64, bytes + sealed.columns.memory_bytes() as u64)
+            }
+            Chunk::Open(_) => (events, bytes),
+        })
+    }
+
+    /// The open chunks whose every position is at or below `committed`: the chunks to
+    /// seal, by index.
+    pub(crate) fn full_open_chunks(&self, committed: Position) -> Vec<usize> {
+        let full = usize::try_from(committed).unwrap_or(usize::MAX) / CHUNK_EVENTS;
+        let chunks = self.chunks.read();
+        (0..full.min(chunks.len())).filter(|&i| matches!(chunks[i], Chunk::Open(_))).collect()
+    }
+
+    /// Turns the full open chunk `index` into a sealed one (its events as one record
+    /// batch). Readers holding its events keep them; new reads read the columns.
+    pub(crate) fn seal(
+        &self,
+        index: usize,
+        intern: &mut dyn FnMut(&str) -> Result<EventType, Error>,
+    ) -> Result<(), Error> {
+        let Some(Chunk::Open(slots)) = self.chunks.read().get(index).cloned() else { return Ok(()) };
+        let events = slots
+            .iter()
+            .map(|slot| slot.get().cloned())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Internal(format!("chunk {index} is not full; it cannot be sealed")))?;
+        let batch = allsource_storage::columnar::to_record_batch(&events)?;
+        let columns = EventColumns::try_new(&batch, JsonCheck::Trust)?;
+        let sealed = Chunk::Sealed(Arc::new(SealedChunk::new(columns, intern)?));
+        self.chunks.write()[index] = sealed;
+        Ok(())
+    }
+
+    /// Loads recovered sealed events (positions from 1, gapless, already checked) into
+    /// an empty table: every full chunk of them as a sealed chunk, the rows after the
+    /// last full chunk (fewer than a chunk) as events in the open chunk. Returns those
+    /// events, for the caller to index like any other.
+    pub(crate) fn load_sealed(
+        &self,
+        sealed: &[EventColumns],
+        intern: &mut dyn FnMut(&str) -> Result<EventType, Error>,
+    ) -> Result<Vec<Arc<Event>>, Error> {
+        let total: usize = sealed.iter().map(EventColumns::len).sum();
+        let full = total / CHUNK_EVENTS;
+        let mut chunks = Vec::with_capacity(full + 1);
+        // Walk the recovered chunks, cutting and joining them at chunk boundaries.
+        let mut parts: Vec<EventColumns> = Vec::new();
+        let mut in_parts = 0;
+        let mut rest = Vec::new();
+        for columns in sealed {
+            let mut offset = 0;
+            while offset < columns.len() {
+                if chunks.len() == full {
+                    for row in offset..columns.len() {
+                        rest.push(Arc::new(columns.event(row)?));
+                    }
+                    break;
+                }
+                let take = (CHUNK_EVENTS - in_parts).min(columns.len() - offset);
+                parts.push(if offset == 0 && take == columns.len() {
+                    columns.clone()
+                } else {
+                    columns.slice(offset, take)
+                });
+                in_parts += take;
+                offset += take;
+                if in_parts == CHUNK_EVENTS {
+                    let joined = match <[_; 1]>::try_from(std::mem::take(&mut parts)) {
+                        Ok([one]) => one,
+                        Err(many) => EventColumns::concat(&many)?,
+                    };
+                    in_parts = 0;
+                    chunks.push(Chunk::Sealed(Arc::new(SealedChunk::new(joined, intern)?)));
+                }
+            }
+        }
+        let mut table = self.chunks.write();
+        table.clear();
+        table.extend(chunks);
+        drop(table);
+        for event in &rest {
+            self.insert(event.clone());
+        }
+        Ok(rest)
     }
 }

@@ -100,9 +100,21 @@ impl Snapshot {
     /// Rebuilds a state by replaying `events` (one entity's, in version order).
     /// `None` when there are no events.
     pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Option<Snapshot> {
+        Snapshot::replay_texts(events.into_iter().map(|e| (e.payload.as_str(), e.version, e.timestamp)))
+    }
+
+    /// [`Snapshot::replay`] from the parts replay reads: each event's payload text
+    /// (valid JSON), version and timestamp, in version order.
+    pub fn replay_texts<'a>(
+        events: impl IntoIterator<Item = (&'a str, Version, Timestamp)>,
+    ) -> Option<Snapshot> {
         let mut snapshot: Option<Snapshot> = None;
-        for event in events {
-            snapshot.get_or_insert_with(Snapshot::empty).apply(event, &event.payload.to_value());
+        for (payload, version, timestamp) in events {
+            let payload: Value = serde_json::from_str(payload).unwrap_or(Value::Null);
+            let snapshot = snapshot.get_or_insert_with(Snapshot::empty);
+            apply_merge_patch(&mut snapshot.state, &payload);
+            snapshot.version = version;
+            snapshot.last_event_at = timestamp;
         }
         snapshot
     }

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::columnar::{from_record_batch, ParquetFileWriter};
+use crate::columnar::{EventColumns, JsonCheck, ParquetFileWriter};
 use crate::fs::{AppendFile, Fs};
 use crate::wal::RecoveryBase;
 
@@ -104,8 +104,12 @@ impl Archive {
     /// Opens the archive of `data_dir`: reads the manifest (none: an empty archive),
     /// loads every chunk it lists, checks that positions run gapless from 1, and
     /// removes what a crash left behind (files being written, chunk files the manifest
-    /// does not list). Returns the archive and its events, in position order.
-    pub fn open(fs: Arc<dyn Fs>, data_dir: &Path) -> Result<(Archive, Vec<Event>), Error> {
+    /// does not list). Returns the archive, its events as one [`EventColumns`] per
+    /// chunk in position order, and the base a WAL after them must continue.
+    pub fn open(
+        fs: Arc<dyn Fs>,
+        data_dir: &Path,
+    ) -> Result<(Archive, Vec<EventColumns>, RecoveryBase), Error> {
         let chunks_dir = data_dir.join(CHUNKS_DIR);
         fs.create_dir_all(&chunks_dir)
             .map_err(|e| storage_error(format!("cannot create {}: {e}", chunks_dir.display())))?;
@@ -126,36 +130,31 @@ impl Archive {
                 manifest.format
             )));
         }
-        let mut events = Vec::new();
+        let mut sealed = Vec::with_capacity(manifest.chunks.len());
         let mut base = RecoveryBase::default();
         for chunk in &manifest.chunks {
             let path = chunks_dir.join(&chunk.file);
             let corrupt = |why: String| {
                 storage_error(format!("corrupt chunk {}: {why}; refusing to start", path.display()))
             };
-            if chunk.first_position != events.len() as Position + 1 {
+            let expected = base.last_position() + 1;
+            if chunk.first_position != expected {
                 return Err(corrupt(format!(
-                    "starts at position {}, expected {}",
-                    chunk.first_position,
-                    events.len() + 1
+                    "starts at position {}, expected {expected}",
+                    chunk.first_position
                 )));
             }
-            let before = events.len();
-            events.extend(read_chunk(fs.as_ref(), &path, chunk).map_err(corrupt)?);
-            if let Err(why) = base.check(&events[before..]) {
-                return Err(corrupt(why));
-            }
-            let positions_ok = events[before..]
-                .iter()
-                .enumerate()
-                .all(|(i, e)| e.position == chunk.first_position + i as Position);
-            if !positions_ok || events.last().map(|e| e.position) != Some(chunk.last_position) {
+            let columns = read_chunk(fs.as_ref(), &path, chunk).map_err(corrupt)?;
+            let positions_ok = (0..columns.len()).all(|i| columns.position(i) == expected + i as Position);
+            if !positions_ok || expected + columns.len() as Position != chunk.last_position + 1 {
                 return Err(corrupt("its positions do not match the manifest".to_string()));
             }
+            base.check_columns(&columns).map_err(corrupt)?;
+            sealed.push(columns);
         }
         let archive = Archive { fs, data_dir: data_dir.to_path_buf(), manifest: Mutex::new(manifest) };
         archive.remove_leftovers()?;
-        Ok((archive, events))
+        Ok((archive, sealed, base))
     }
 
     /// Removes files a crash left: temporary files, and chunk files that never made it
@@ -277,16 +276,19 @@ impl Archive {
         let (Some(first), Some(last)) = (run.first(), run.last()) else { return Ok(None) };
         let chunks_dir = self.data_dir.join(CHUNKS_DIR);
         let name = chunk_file_name(first.first_position, last.last_position);
-        let mut events = Vec::new();
+        let mut parts = Vec::with_capacity(run.len());
         for chunk in &run {
             let path = chunks_dir.join(&chunk.file);
-            let read = read_chunk(self.fs.as_ref(), &path, chunk)
-                .map_err(|why| storage_error(format!("cannot merge {}: {why}", path.display())))?;
-            events.extend(read.into_iter().map(Arc::new));
+            parts.push(
+                read_chunk(self.fs.as_ref(), &path, chunk)
+                    .map_err(|why| storage_error(format!("cannot merge {}: {why}", path.display())))?,
+            );
         }
         let (bytes, crc32c) = self.write_durably(&chunks_dir, &name, |out| {
             let mut writer = ParquetFileWriter::new(out)?;
-            writer.write(&events)?;
+            for part in &parts {
+                writer.write_batch(part.batch())?;
+            }
             writer.finish().map(drop)
         })?;
         let merged = ChunkEntry {
@@ -367,10 +369,11 @@ impl Archive {
     }
 }
 
-/// The events of one chunk file: its size and CRC checked against the manifest first
-/// (when the manifest has a CRC), then decoded. A decoder that panics on bytes it did
-/// not expect is caught: damaged data is an error naming the file, never a crash.
-fn read_chunk(fs: &dyn Fs, path: &Path, chunk: &ChunkEntry) -> Result<Vec<Event>, String> {
+/// The events of one chunk file as one record batch: its size and CRC checked against
+/// the manifest first (when the manifest has a CRC; without one, every JSON text is
+/// checked too), then decoded. A decoder that panics on bytes it did not expect is
+/// caught: damaged data is an error naming the file, never a crash.
+fn read_chunk(fs: &dyn Fs, path: &Path, chunk: &ChunkEntry) -> Result<EventColumns, String> {
     let bytes = fs.read(path).map_err(|e| format!("cannot read it: {e}"))?;
     if bytes.len() as u64 != chunk.bytes {
         return Err(format!("it is {} bytes, the manifest says {}", bytes.len(), chunk.bytes));
@@ -381,16 +384,22 @@ fn read_chunk(fs: &dyn Fs, path: &Path, chunk: &ChunkEntry) -> Result<Vec<Event>
             return Err(format!("checksum mismatch (CRC32C {actual:08x}, the manifest says {expected:08x})"));
         }
     }
-    let decode = || -> Result<Vec<Event>, String> {
+    let json = if chunk.crc32c.is_some() { JsonCheck::Trust } else { JsonCheck::Validate };
+    let rows = usize::try_from(chunk.last_position.saturating_sub(chunk.first_position) + 1)
+        .map_err(|_| "too many rows".to_string())?;
+    let decode = || -> Result<EventColumns, String> {
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-            .and_then(|builder| builder.build())
+            .and_then(|builder| builder.with_batch_size(rows.max(1)).build())
             .map_err(|e| e.to_string())?;
-        let mut events = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| e.to_string())?;
-            events.extend(from_record_batch(&batch).map_err(|e| e.to_string())?);
-        }
-        Ok(events)
+        let schema = arrow_array::RecordBatchReader::schema(&reader);
+        let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        let batch = match <[_; 1]>::try_from(batches) {
+            Ok([batch]) => batch,
+            Err(batches) => {
+                arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| e.to_string())?
+            }
+        };
+        EventColumns::try_new(&batch, json).map_err(|e| e.to_string())
     };
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
         .unwrap_or_else(|_| Err("the Parquet decoder failed on it".to_string()))

@@ -23,7 +23,10 @@ use allsource_core_types::{EntityId, Error, Event, EventType, Json, Timestamp};
 use arrow_array::builder::{FixedSizeBinaryBuilder, StringBuilder, StringDictionaryBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampMicrosecondType, UInt64Type};
-use arrow_array::{Array, ArrayRef, RecordBatch, TimestampMicrosecondArray, UInt64Array};
+use arrow_array::{
+    Array, ArrayRef, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    UInt64Array,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -77,11 +80,14 @@ fn arrow_error(context: &str, error: impl std::fmt::Display) -> Error {
 /// The events as one record batch of [`schema`].
 pub fn to_record_batch(events: &[Arc<Event>]) -> Result<RecordBatch, Error> {
     let n = events.len();
+    // Exact capacities: a sealed chunk is held in memory as this batch, so slack left
+    // by a growing buffer would be kept for as long as the process runs.
+    let text_bytes = |text: fn(&Event) -> usize| events.iter().map(|e| text(e)).sum::<usize>();
     let mut ids = FixedSizeBinaryBuilder::with_capacity(n, 16);
     let mut event_types = StringDictionaryBuilder::<Int32Type>::new();
-    let mut entity_ids = StringBuilder::with_capacity(n, n * 16);
-    let mut payloads = StringBuilder::with_capacity(n, n * 64);
-    let mut metadata = StringBuilder::with_capacity(n, n * 2);
+    let mut entity_ids = StringBuilder::with_capacity(n, text_bytes(|e| e.entity_id.as_str().len()));
+    let mut payloads = StringBuilder::with_capacity(n, text_bytes(|e| e.payload.len()));
+    let mut metadata = StringBuilder::with_capacity(n, text_bytes(|e| e.metadata.len()));
     let mut timestamps = Vec::with_capacity(n);
     let mut versions = Vec::with_capacity(n);
     let mut positions = Vec::with_capacity(n);
@@ -112,86 +118,290 @@ pub fn to_record_batch(events: &[Arc<Event>]) -> Result<RecordBatch, Error> {
 /// read back from an IPC stream or a Parquet file). Every value is checked: a batch
 /// that does not hold valid events is an error, never a panic.
 pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Event>, Error> {
-    let bad =
-        |why: String| Error::Storage { message: format!("not a batch of events: {why}"), read_only: false };
-    let column = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name}")));
-    let ids = column("id")?
-        .as_fixed_size_binary_opt()
-        .filter(|a| a.value_length() == 16)
-        .ok_or_else(|| bad("id is not FixedSizeBinary(16)".into()))?;
-    let event_type_column = column("event_type")?;
-    let event_types: Vec<Option<&str>> = match event_type_column.data_type() {
-        DataType::Dictionary(_, _) => {
-            let dictionary = event_type_column
-                .as_dictionary_opt::<Int32Type>()
-                .ok_or_else(|| bad("event_type is not Dictionary(Int32, Utf8)".into()))?;
-            let values = dictionary
-                .values()
-                .as_string_opt::<i32>()
-                .ok_or_else(|| bad("event_type dictionary values are not Utf8".into()))?;
-            dictionary.keys().iter().map(|key| key.and_then(|k| values_get(values, k))).collect()
-        }
-        _ => {
-            let values = event_type_column
-                .as_string_opt::<i32>()
-                .ok_or_else(|| bad("event_type is not Utf8".into()))?;
-            (0..values.len()).map(|i| values.is_valid(i).then(|| values.value(i))).collect()
-        }
-    };
-    let string_column = |name: &str| {
-        column(name).and_then(|c| c.as_string_opt::<i32>().ok_or_else(|| bad(format!("{name} is not Utf8"))))
-    };
-    let entity_ids = string_column("entity_id")?;
-    let payloads = string_column("payload")?;
-    let metadata = string_column("metadata")?;
-    let timestamps = column("timestamp")?
-        .as_primitive_opt::<TimestampMicrosecondType>()
-        .ok_or_else(|| bad("timestamp is not Timestamp(Microsecond)".into()))?;
-    let versions = column("version")?
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or_else(|| bad("version is not UInt64".into()))?;
-    let positions = column("position")?
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or_else(|| bad("position is not UInt64".into()))?;
-
-    let mut events = Vec::with_capacity(batch.num_rows());
-    for row in 0..batch.num_rows() {
-        let null = |name: &str| bad(format!("row {row}: {name} is null"));
-        let all_valid = [
-            ids.is_valid(row),
-            entity_ids.is_valid(row),
-            payloads.is_valid(row),
-            metadata.is_valid(row),
-            timestamps.is_valid(row),
-            versions.is_valid(row),
-            positions.is_valid(row),
-        ];
-        if all_valid.contains(&false) {
-            return Err(null("a column"));
-        }
-        let id = Uuid::from_slice(ids.value(row)).map_err(|e| bad(format!("row {row}: id: {e}")))?;
-        let event_type = event_types.get(row).copied().flatten().ok_or_else(|| null("event_type"))?;
-        let json = |text: &str, name: &str| {
-            Json::from_compact_text(text.to_string()).map_err(|e| bad(format!("row {row}: {name}: {e}")))
-        };
-        events.push(Event {
-            id,
-            event_type: EventType::try_from(event_type).map_err(|e| bad(format!("row {row}: {e}")))?,
-            entity_id: EntityId::try_from(entity_ids.value(row))
-                .map_err(|e| bad(format!("row {row}: {e}")))?,
-            payload: json(payloads.value(row), "payload")?,
-            metadata: json(metadata.value(row), "metadata")?,
-            timestamp: Timestamp::from_micros(timestamps.value(row)),
-            version: versions.value(row),
-            position: positions.value(row),
-        });
-    }
-    Ok(events)
+    let columns = EventColumns::try_new(batch, JsonCheck::Validate)?;
+    (0..columns.len()).map(|row| columns.event(row)).collect()
 }
 
-fn values_get(values: &arrow_array::StringArray, key: i32) -> Option<&str> {
-    let index = usize::try_from(key).ok()?;
-    (index < values.len() && values.is_valid(index)).then(|| values.value(index))
+/// Whether [`EventColumns::try_new`] checks that every payload and metadata text is
+/// JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonCheck {
+    /// Parse every text: for data from outside, or from a file without a checksum.
+    Validate,
+    /// Trust the texts: for batches this crate made from events, or read from a file
+    /// whose checksum matched what was written (texts that were valid JSON then).
+    Trust,
+}
+
+/// A record batch of [`schema`] with its columns checked and typed, read row by row
+/// without making an [`Event`]: how the engine holds sealed events in memory.
+///
+/// Checked once when made: the columns' types, no nulls, event types and entity ids
+/// that follow the id rule, dictionary keys in range and (with [`JsonCheck::Validate`])
+/// payload and metadata texts that are JSON. The row accessors then cannot fail; they
+/// take `row < len()`.
+#[derive(Debug, Clone)]
+pub struct EventColumns {
+    batch: RecordBatch,
+    ids: FixedSizeBinaryArray,
+    event_type_keys: Int32Array,
+    event_type_values: StringArray,
+    entity_ids: StringArray,
+    payloads: StringArray,
+    metadata: StringArray,
+    timestamps: TimestampMicrosecondArray,
+    versions: UInt64Array,
+    positions: UInt64Array,
+}
+
+impl EventColumns {
+    /// Checks `batch` (see the type's documentation). An `event_type` column of plain
+    /// `Utf8` (as other writers may produce) is dictionary-encoded here.
+    pub fn try_new(batch: &RecordBatch, json: JsonCheck) -> Result<EventColumns, Error> {
+        let bad = |why: String| Error::Storage {
+            message: format!("not a batch of events: {why}"),
+            read_only: false,
+        };
+        let column = |name: &str| batch.column_by_name(name).ok_or_else(|| bad(format!("no column {name}")));
+        for (index, array) in batch.columns().iter().enumerate() {
+            if array.null_count() > 0 {
+                return Err(bad(format!("column {} has nulls", batch.schema().field(index).name())));
+            }
+        }
+        let ids = column("id")?
+            .as_fixed_size_binary_opt()
+            .filter(|a| a.value_length() == 16)
+            .ok_or_else(|| bad("id is not FixedSizeBinary(16)".into()))?
+            .clone();
+        let event_type_column = column("event_type")?;
+        let event_types = match event_type_column.data_type() {
+            DataType::Dictionary(_, _) => event_type_column
+                .as_dictionary_opt::<Int32Type>()
+                .ok_or_else(|| bad("event_type is not Dictionary(Int32, Utf8)".into()))?
+                .clone(),
+            _ => {
+                let values = event_type_column
+                    .as_string_opt::<i32>()
+                    .ok_or_else(|| bad("event_type is not Utf8".into()))?;
+                let mut builder = StringDictionaryBuilder::<Int32Type>::new();
+                for value in values.iter().flatten() {
+                    builder.append_value(value);
+                }
+                builder.finish()
+            }
+        };
+        let event_type_values = event_types
+            .values()
+            .as_string_opt::<i32>()
+            .ok_or_else(|| bad("event_type dictionary values are not Utf8".into()))?
+            .clone();
+        let event_type_keys = event_types.keys().clone();
+        let event_type_column: ArrayRef = Arc::new(event_types);
+        let string_column = |name: &str| {
+            column(name).and_then(|c| {
+                c.as_string_opt::<i32>().cloned().ok_or_else(|| bad(format!("{name} is not Utf8")))
+            })
+        };
+        let mut columns = EventColumns {
+            batch: batch.clone(),
+            ids,
+            event_type_keys,
+            event_type_values,
+            entity_ids: string_column("entity_id")?,
+            payloads: string_column("payload")?,
+            metadata: string_column("metadata")?,
+            timestamps: column("timestamp")?
+                .as_primitive_opt::<TimestampMicrosecondType>()
+                .ok_or_else(|| bad("timestamp is not Timestamp(Microsecond)".into()))?
+                .clone(),
+            versions: column("version")?
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| bad("version is not UInt64".into()))?
+                .clone(),
+            positions: column("position")?
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| bad("position is not UInt64".into()))?
+                .clone(),
+        };
+        columns.check(json).map_err(bad)?;
+        // The batch again, in this schema whatever the source's (column order, plain
+        // event types, schema metadata), so that batches of any source join.
+        let arrays: Vec<ArrayRef> = vec![
+            Arc::new(columns.ids.clone()),
+            event_type_column,
+            Arc::new(columns.entity_ids.clone()),
+            Arc::new(columns.payloads.clone()),
+            Arc::new(columns.metadata.clone()),
+            Arc::new(columns.timestamps.clone().with_timezone("UTC")),
+            Arc::new(columns.versions.clone()),
+            Arc::new(columns.positions.clone()),
+        ];
+        columns.batch = RecordBatch::try_new(schema(), arrays).map_err(|e| bad(e.to_string()))?;
+        Ok(columns)
+    }
+
+    fn check(&self, json: JsonCheck) -> Result<(), String> {
+        if self.event_type_values.null_count() > 0 {
+            return Err("event_type dictionary has nulls".to_string());
+        }
+        for value in self.event_type_values.iter().flatten() {
+            EventType::check(value).map_err(|e| e.to_string())?;
+        }
+        let types = self.event_type_values.len();
+        if let Some(row) = self
+            .event_type_keys
+            .values()
+            .iter()
+            .position(|&k| usize::try_from(k).map_or(true, |k| k >= types))
+        {
+            return Err(format!("row {row}: event_type key out of range"));
+        }
+        for (row, entity_id) in self.entity_ids.iter().flatten().enumerate() {
+            EntityId::check(entity_id).map_err(|e| format!("row {row}: {e}"))?;
+        }
+        if json == JsonCheck::Validate {
+            for (name, texts) in [("payload", &self.payloads), ("metadata", &self.metadata)] {
+                for (row, text) in texts.iter().flatten().enumerate() {
+                    serde_json::from_str::<&serde_json::value::RawValue>(text)
+                        .map_err(|e| format!("row {row}: {name}: {e}"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows.
+    pub fn len(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.batch.num_rows() == 0
+    }
+
+    /// The record batch, as checked.
+    pub fn batch(&self) -> &RecordBatch {
+        &self.batch
+    }
+
+    /// The id of the event in `row`.
+    pub fn id(&self, row: usize) -> Uuid {
+        Uuid::from_slice(self.ids.value(row)).unwrap_or_default()
+    }
+
+    /// The event type's index in [`EventColumns::event_type_values`].
+    pub fn event_type_key(&self, row: usize) -> usize {
+        usize::try_from(self.event_type_keys.value(row)).unwrap_or(0)
+    }
+
+    /// The distinct event types, indexed by [`EventColumns::event_type_key`].
+    pub fn event_type_values(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.event_type_values.len()).map(|i| self.event_type_values.value(i))
+    }
+
+    /// The event type of `row`.
+    pub fn event_type(&self, row: usize) -> &str {
+        self.event_type_values.value(self.event_type_key(row))
+    }
+
+    /// The entity id of `row`.
+    pub fn entity_id(&self, row: usize) -> &str {
+        self.entity_ids.value(row)
+    }
+
+    /// The payload of `row`: compact JSON text.
+    pub fn payload(&self, row: usize) -> &str {
+        self.payloads.value(row)
+    }
+
+    /// The metadata of `row`: compact JSON text.
+    pub fn metadata(&self, row: usize) -> &str {
+        self.metadata.value(row)
+    }
+
+    /// The timestamp of `row`.
+    pub fn timestamp(&self, row: usize) -> Timestamp {
+        Timestamp::from_micros(self.timestamps.value(row))
+    }
+
+    /// The version of `row`.
+    pub fn version(&self, row: usize) -> u64 {
+        self.versions.value(row)
+    }
+
+    /// The position of `row`.
+    pub fn position(&self, row: usize) -> u64 {
+        self.positions.value(row)
+    }
+
+    /// The event in `row`, made whole (its texts checked to be JSON once more, which
+    /// is what making a [`Json`] costs).
+    pub fn event(&self, row: usize) -> Result<Event, Error> {
+        let bad = |why: String| Error::Storage {
+            message: format!("not a batch of events: row {row}: {why}"),
+            read_only: false,
+        };
+        let json = |text: &str, name: &str| {
+            Json::from_compact_text(text.to_string()).map_err(|e| bad(format!("{name}: {e}")))
+        };
+        Ok(Event {
+            id: self.id(row),
+            event_type: EventType::try_from(self.event_type(row)).map_err(|e| bad(e.to_string()))?,
+            entity_id: EntityId::try_from(self.entity_id(row)).map_err(|e| bad(e.to_string()))?,
+            payload: json(self.payload(row), "payload")?,
+            metadata: json(self.metadata(row), "metadata")?,
+            timestamp: self.timestamp(row),
+            version: self.version(row),
+            position: self.position(row),
+        })
+    }
+
+    /// `len` rows from `offset` (which must lie within the rows): no copy, the
+    /// buffers are shared.
+    pub fn slice(&self, offset: usize, len: usize) -> EventColumns {
+        EventColumns {
+            batch: self.batch.slice(offset, len),
+            ids: self.ids.slice(offset, len),
+            event_type_keys: self.event_type_keys.slice(offset, len),
+            event_type_values: self.event_type_values.clone(),
+            entity_ids: self.entity_ids.slice(offset, len),
+            payloads: self.payloads.slice(offset, len),
+            metadata: self.metadata.slice(offset, len),
+            timestamps: self.timestamps.slice(offset, len),
+            versions: self.versions.slice(offset, len),
+            positions: self.positions.slice(offset, len),
+        }
+    }
+
+    /// The rows `rows` (ascending, each within the rows): a slice when they are
+    /// consecutive, else a copy of those rows.
+    pub fn take(&self, rows: &[usize]) -> Result<EventColumns, Error> {
+        let (Some(&first), Some(&last)) = (rows.first(), rows.last()) else { return Ok(self.slice(0, 0)) };
+        if last - first + 1 == rows.len() {
+            return Ok(self.slice(first, rows.len()));
+        }
+        let indices = rows.iter().map(|&row| u32::try_from(row).ok()).collect::<Option<Vec<u32>>>();
+        let indices = arrow_array::UInt32Array::from(
+            indices.ok_or_else(|| Error::Internal("a row number beyond u32".to_string()))?,
+        );
+        let batch = arrow_select::take::take_record_batch(&self.batch, &indices)
+            .map_err(|e| arrow_error("taking rows", e))?;
+        EventColumns::try_new(&batch, JsonCheck::Trust)
+    }
+
+    /// The rows of `parts`, one after the other, copied into one batch.
+    pub fn concat(parts: &[EventColumns]) -> Result<EventColumns, Error> {
+        let batches: Vec<&RecordBatch> = parts.iter().map(|p| &p.batch).collect();
+        let batch = arrow_select::concat::concat_batches(&schema(), batches)
+            .map_err(|e| arrow_error("joining batches", e))?;
+        EventColumns::try_new(&batch, JsonCheck::Trust)
+    }
+
+    /// The bytes the columns' buffers hold.
+    pub fn memory_bytes(&self) -> usize {
+        self.batch.get_array_memory_size()
+    }
 }
 
 /// Writes record batches of [`schema`] as an Arrow IPC stream.
@@ -209,8 +419,12 @@ impl<W: Write> IpcStreamWriter<W> {
 
     /// Appends the events as one record batch.
     pub fn write(&mut self, events: &[Arc<Event>]) -> Result<(), Error> {
-        let batch = to_record_batch(events)?;
-        self.writer.write(&batch).map_err(|e| arrow_error("Arrow IPC stream", e))
+        self.write_batch(&to_record_batch(events)?)
+    }
+
+    /// Appends a record batch of [`schema`].
+    pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), Error> {
+        self.writer.write(batch).map_err(|e| arrow_error("Arrow IPC stream", e))
     }
 
     /// Ends the stream and returns the writer.

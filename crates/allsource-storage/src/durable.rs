@@ -11,8 +11,8 @@ use parking_lot::Mutex;
 
 use crate::archive::{Archive, Checkpoint};
 use crate::fs::{Fs, RealFs};
-use crate::wal::{create_dir_durably, lock_data_dir, RecoveryBase};
-use crate::{Log, LogInfo, RecoveryReport, Wal, WalConfig};
+use crate::wal::{create_dir_durably, lock_data_dir};
+use crate::{Log, LogInfo, Recovered, RecoveryReport, Wal, WalConfig};
 
 /// The WAL subdirectory of a data directory.
 pub const WAL_DIR: &str = "wal";
@@ -23,7 +23,7 @@ pub struct DurableLog {
     archive: Archive,
     chunk_events: u64,
     data_dir: PathBuf,
-    recovered: Mutex<Option<Vec<Event>>>,
+    recovered: Mutex<Option<Recovered>>,
 }
 
 impl DurableLog {
@@ -46,22 +46,21 @@ impl DurableLog {
         config: WalConfig,
     ) -> Result<(DurableLog, RecoveryReport), Error> {
         create_dir_durably(fs.as_ref(), data_dir)?;
-        let (archive, mut events) = Archive::open(fs.clone(), data_dir)?;
+        let (archive, sealed, base) = Archive::open(fs.clone(), data_dir)?;
         let chunks = archive.chunks().len() as u64;
-        let archived_events = events.len() as u64;
+        let archived_events = sealed.iter().map(|c| c.len() as u64).sum::<u64>();
         let chunk_events = config.chunk_events.max(1);
-        let (wal, mut report) =
-            Wal::open_after(fs, &data_dir.join(WAL_DIR), config, RecoveryBase::after(&events))?;
-        events.extend(wal.recover()?);
+        let (wal, mut report) = Wal::open_after(fs, &data_dir.join(WAL_DIR), config, base)?;
+        let tail = wal.take_recovered();
         report.chunks = chunks;
         report.archived_events = archived_events;
-        report.events = events.len() as u64;
+        report.events = archived_events + tail.len() as u64;
         let log = DurableLog {
             wal,
             archive,
             chunk_events,
             data_dir: data_dir.to_path_buf(),
-            recovered: Mutex::new(Some(events)),
+            recovered: Mutex::new(Some(Recovered { sealed, tail })),
         };
         Ok((log, report))
     }
@@ -72,7 +71,7 @@ impl Log for DurableLog {
         self.wal.append(events)
     }
 
-    fn recover(&self) -> Result<Vec<Event>, Error> {
+    fn recover(&self) -> Result<Recovered, Error> {
         Ok(self.recovered.lock().take().unwrap_or_default())
     }
 

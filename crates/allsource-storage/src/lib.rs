@@ -46,7 +46,7 @@ pub trait Log: Send + Sync {
 
     /// Every event already kept, in position order, for the engine to rebuild its
     /// tables at start-up.
-    fn recover(&self) -> Result<Vec<Event>, Error>;
+    fn recover(&self) -> Result<Recovered, Error>;
 
     /// What the log is and how much it holds, for `stats`.
     fn describe(&self) -> LogInfo;
@@ -86,6 +86,41 @@ pub trait Log: Send + Sync {
     /// and restore.
     fn read_checkpoint(&self) -> Option<archive::Checkpoint> {
         None
+    }
+}
+
+/// The events a log holds at start-up, in position order: the sealed chunks' as
+/// columns, then the rest (the WAL tail) as events.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// The sealed chunks, in position order, from position 1.
+    pub sealed: Vec<columnar::EventColumns>,
+    /// The events after them.
+    pub tail: Vec<Event>,
+}
+
+impl Recovered {
+    /// How many events there are.
+    pub fn len(&self) -> usize {
+        self.sealed.iter().map(columnar::EventColumns::len).sum::<usize>() + self.tail.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every event made whole, in position order: for tests and tools (the engine
+    /// keeps sealed events as columns).
+    pub fn into_events(self) -> Result<Vec<Event>, Error> {
+        let mut events = Vec::with_capacity(self.len());
+        for chunk in &self.sealed {
+            for row in 0..chunk.len() {
+                events.push(chunk.event(row)?);
+            }
+        }
+        events.extend(self.tail);
+        Ok(events)
     }
 }
 
@@ -151,8 +186,8 @@ impl Log for MemoryLog {
         Ok(())
     }
 
-    fn recover(&self) -> Result<Vec<Event>, Error> {
-        Ok(Vec::new())
+    fn recover(&self) -> Result<Recovered, Error> {
+        Ok(Recovered::default())
     }
 
     fn describe(&self) -> LogInfo {

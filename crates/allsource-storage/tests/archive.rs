@@ -56,7 +56,7 @@ fn seals_recover_and_leftovers_are_removed() {
     fs.set_file(Path::new("/data/MANIFEST.tmp"), b"{".to_vec());
     let (log, report) = open(&fs).unwrap();
     assert_eq!((report.chunks, report.archived_events, report.events), (1, 4, 8));
-    assert_eq!(log.recover().unwrap(), plain(&events()));
+    assert_eq!(log.recover().unwrap().into_events().unwrap(), plain(&events()));
     assert_eq!(chunk_paths(&fs).len(), 1, "{:?}", fs.paths());
     assert!(!fs.paths().iter().any(|p| p.to_string_lossy().ends_with(".tmp")), "{:?}", fs.paths());
     // The second seal now goes through.
@@ -64,7 +64,7 @@ fn seals_recover_and_leftovers_are_removed() {
     drop(log);
     let (log, report) = open(&fs).unwrap();
     assert_eq!((report.chunks, report.events), (2, 8));
-    assert_eq!(log.recover().unwrap(), plain(&events()));
+    assert_eq!(log.recover().unwrap().into_events().unwrap(), plain(&events()));
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn every_crash_point_of_a_seal_recovers_every_event() {
                 let (log, report) =
                     open(&image).unwrap_or_else(|e| panic!("fail_at {fail_at} {kind:?}: {e}"));
                 assert_eq!(
-                    log.recover().unwrap(),
+                    log.recover().unwrap().into_events().unwrap(),
                     plain(&events()),
                     "fail_at {fail_at} {kind:?} seed {seed}"
                 );
@@ -144,7 +144,7 @@ fn sealed_wal_segments_are_removed_and_skipped() {
     drop(log);
     let (log, report) = open(&fs).unwrap();
     assert_eq!((report.archived_events, report.events), (8, 8));
-    assert_eq!(log.recover().unwrap(), plain(&events()));
+    assert_eq!(log.recover().unwrap().into_events().unwrap(), plain(&events()));
 }
 
 #[test]
@@ -176,7 +176,7 @@ fn small_chunks_are_merged_and_every_crash_point_of_a_merge_recovers() {
     );
     let (log, report) = open(&fs).unwrap();
     assert_eq!((report.chunks, report.archived_events), (1, 8));
-    assert_eq!(log.recover().unwrap(), plain(&events()));
+    assert_eq!(log.recover().unwrap().into_events().unwrap(), plain(&events()));
 
     for fail_at in 1..=12u64 {
         for kind in [CrashKind::Process, CrashKind::Power] {
@@ -190,7 +190,7 @@ fn small_chunks_are_merged_and_every_crash_point_of_a_merge_recovers() {
                 let (log, report) =
                     open(&image).unwrap_or_else(|e| panic!("fail_at {fail_at} {kind:?}: {e}"));
                 assert_eq!(
-                    log.recover().unwrap(),
+                    log.recover().unwrap().into_events().unwrap(),
                     plain(&events()),
                     "fail_at {fail_at} {kind:?} seed {seed}"
                 );

@@ -36,7 +36,7 @@ fn format_v1_fixture_opens_and_recovers_every_event() {
         common::fixture::fixture_groups().into_iter().flatten().map(|e| (*e).clone()).collect();
     assert_eq!(report.bytes_cut, 0);
     assert_eq!(report.segments, 2);
-    assert_eq!(wal.recover().unwrap(), expected);
+    assert_eq!(wal.recover().unwrap().into_events().unwrap(), expected);
 }
 
 #[test]
@@ -47,7 +47,7 @@ fn sealed_chunks_fixture_opens_and_recovers_every_event() {
     let expected: Vec<Event> =
         common::fixture::fixture_groups().into_iter().flatten().map(|e| (*e).clone()).collect();
     assert_eq!((report.chunks, report.archived_events, report.events), (2, 8, 8));
-    assert_eq!(log.recover().unwrap(), expected);
+    assert_eq!(log.recover().unwrap().into_events().unwrap(), expected);
     assert_eq!(log.sealed_position(), 8);
     // Appending continues after the sealed chunks and the WAL.
     let mut next = (*common::fixture::fixture_groups()[0][0]).clone();

@@ -78,14 +78,14 @@ fn real_files_round_trip_and_continue() {
     }
     let (wal, report) = Wal::open_dir(dir.path(), WalConfig::default()).unwrap();
     assert_eq!((report.events, report.bytes_cut), (4, 0));
-    assert_eq!(wal.recover().unwrap(), plain(&events(1..=4)));
+    assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=4)));
     wal.append(&events(5..=6)).unwrap();
     // A gap is refused, and refused without poisoning the log.
     assert_eq!(wal.append(&events(8..=8)).unwrap_err().code(), "InternalError");
     wal.append(&events(7..=7)).unwrap();
     drop(wal);
     let (wal, _) = Wal::open_dir(dir.path(), WalConfig::default()).unwrap();
-    assert_eq!(wal.recover().unwrap(), plain(&events(1..=7)));
+    assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=7)));
 }
 
 /// Every synced record lands in the sync histograms: one latency per sync, and the
@@ -128,7 +128,7 @@ fn segments_rotate_and_recover_in_order() {
     assert!(segment_paths(&fs).len() > 3, "{:?}", segment_paths(&fs));
     drop(wal);
     let wal = open_sim(&fs, 2_000).unwrap();
-    assert_eq!(wal.recover().unwrap(), plain(&events(1..=60)));
+    assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=60)));
     wal.append(&events(61..=61)).unwrap();
 }
 
@@ -153,14 +153,18 @@ fn torn_tail_is_cut_at_every_byte_offset() {
         image.set_file(&path, full[..cut].to_vec());
         let (wal, report) =
             Wal::open(Arc::new(image.clone()), Path::new("/data/wal"), config(u64::MAX)).unwrap();
-        assert_eq!(wal.recover().unwrap(), plain(&events(1..=kept_without_last)), "cut at {cut}");
+        assert_eq!(
+            wal.recover().unwrap().into_events().unwrap(),
+            plain(&events(1..=kept_without_last)),
+            "cut at {cut}"
+        );
         assert_eq!(report.bytes_cut as usize, cut - last_record_start, "cut at {cut}");
         assert_eq!(image.file(&path).unwrap().len(), last_record_start);
         // Appending continues after the cut, and survives another reopen.
         wal.append(&events(kept_without_last + 1..=kept_without_last + 1)).unwrap();
         drop(wal);
         let wal = open_sim(&image, u64::MAX).unwrap();
-        assert_eq!(wal.recover().unwrap(), plain(&events(1..=kept_without_last + 1)));
+        assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=kept_without_last + 1)));
     }
 }
 
@@ -178,7 +182,7 @@ fn garbage_after_the_last_record_is_cut() {
         fs.set_file(&path, bytes);
         let (wal, report) =
             Wal::open(Arc::new(fs.clone()), Path::new("/data/wal"), config(u64::MAX)).unwrap();
-        assert_eq!(wal.recover().unwrap(), plain(&events(1..=6)));
+        assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=6)));
         assert_eq!(report.bytes_cut as usize, garbage.len());
     }
 }
@@ -264,7 +268,7 @@ fn an_unfinished_rotation_is_removed() {
         fs.set_file(path, header_like);
         let (wal, report) =
             Wal::open(Arc::new(fs.clone()), Path::new("/data/wal"), config(u64::MAX)).unwrap();
-        assert_eq!(wal.recover().unwrap(), plain(&events(1..=3)));
+        assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=3)));
         assert_eq!(report.bytes_cut as usize, partial);
         assert!(fs.file(path).is_none());
     }
@@ -304,7 +308,7 @@ fn injected_faults_fail_stop_and_lose_nothing_acknowledged() {
                 let image = fs.crash_image(kind, seed);
                 let wal = open_sim(&image, 600)
                     .unwrap_or_else(|e| panic!("fail_at {fail_at} {kind:?} seed {seed}: {e}"));
-                let recovered = wal.recover().unwrap();
+                let recovered = wal.recover().unwrap().into_events().unwrap();
                 let n = recovered.len() as Position;
                 assert!(n >= acknowledged, "fail_at {fail_at} {kind:?}: lost acknowledged events");
                 // Anything beyond is the whole failed group, never half of it.
@@ -327,7 +331,7 @@ fn a_full_disk_turns_the_wal_read_only() {
     assert!(wal.append(&events(3..=4)).is_err(), "a poisoned WAL must stay read-only");
     drop(wal);
     let wal = open_sim(&fs.crash_image(CrashKind::Process, 1), u64::MAX).unwrap();
-    assert_eq!(wal.recover().unwrap(), plain(&events(1..=2)));
+    assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=2)));
 }
 
 #[test]

@@ -14,6 +14,7 @@ use allsource_core_types::{EntityId, Error, Event, Position, Timestamp, Version}
 use parking_lot::Mutex;
 
 use self::format::{HeaderError, RecordRead, SEGMENT_HEADER_BYTES};
+use crate::columnar::EventColumns;
 use crate::fs::{AppendFile, Fs, RealFs};
 use crate::histogram::{AtomicHistogram, EVENTS_PER_SYNC_BOUNDS, SYNC_MICROS_BOUNDS};
 use crate::{Log, LogInfo};
@@ -169,6 +170,11 @@ impl Wal {
     /// reads every segment, cuts a torn tail, and refuses corruption anywhere else.
     pub fn open(fs: Arc<dyn Fs>, dir: &Path, config: WalConfig) -> Result<(Wal, RecoveryReport), Error> {
         Wal::open_after(fs, dir, config, RecoveryBase::default())
+    }
+
+    /// The events recovered at opening, handed over once (later calls get none).
+    pub fn take_recovered(&self) -> Vec<Event> {
+        self.recovered.lock().take().unwrap_or_default()
     }
 
     /// [`Wal::open`] for a WAL that continues `base` (the archive's events): its events
@@ -330,8 +336,8 @@ impl Log for Wal {
         }
     }
 
-    fn recover(&self) -> Result<Vec<Event>, Error> {
-        Ok(self.recovered.lock().take().unwrap_or_default())
+    fn recover(&self) -> Result<crate::Recovered, Error> {
+        Ok(crate::Recovered { sealed: Vec::new(), tail: self.take_recovered() })
     }
 
     fn describe(&self) -> LogInfo {
@@ -434,6 +440,41 @@ impl RecoveryBase {
         base.last_position = events.last().map_or(0, |e| e.position);
         base.last_timestamp = events.last().map(|e| e.timestamp);
         base
+    }
+
+    /// The last position seen.
+    pub(crate) fn last_position(&self) -> Position {
+        self.last_position
+    }
+
+    /// [`RecoveryBase::check`] for the rows of a sealed chunk.
+    pub(crate) fn check_columns(&mut self, columns: &EventColumns) -> Result<(), String> {
+        for row in 0..columns.len() {
+            let timestamp = columns.timestamp(row);
+            let position = columns.position(row);
+            if self.last_timestamp.is_some_and(|last| timestamp < last) {
+                return Err(format!("the timestamp of position {position} goes back in time"));
+            }
+            self.last_timestamp = Some(timestamp);
+            let entity_id = columns.entity_id(row);
+            let version = match self.versions.get_mut(entity_id) {
+                Some(version) => version,
+                None => {
+                    let entity = EntityId::try_from(entity_id).map_err(|e| e.to_string())?;
+                    self.versions.entry(entity).or_insert(0)
+                }
+            };
+            if columns.version(row) != *version + 1 {
+                return Err(format!(
+                    "position {position} has version {} of entity '{entity_id}' where {} was expected",
+                    columns.version(row),
+                    *version + 1
+                ));
+            }
+            *version = columns.version(row);
+            self.last_position = position;
+        }
+        Ok(())
     }
 
     pub(crate) fn check(&mut self, events: &[Event]) -> Result<(), String> {
