@@ -76,26 +76,37 @@ impl AppError {
     }
 }
 
-/// `{"error": {...}}`
-#[derive(Debug, Serialize)]
-struct ErrorBody {
+/// `{"error": {...}}`: the body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "EntityNotFound", "message": "entity 'user-9' has no events"}}))]
+pub(crate) struct ErrorBody {
     error: ErrorDetail,
 }
 
 /// The `error` object: code and message always, the rest where the error has them.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 struct ErrorDetail {
+    /// The contract's error code, e.g. `ValidationError`, `EntityNotFound`,
+    /// `ConcurrencyConflict`.
+    #[schema(value_type = String)]
     code: &'static str,
+    /// What went wrong, for people.
     message: String,
+    /// For a `ConcurrencyConflict`: the version the request expected.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = u64, minimum = 0)]
     expected_version: Option<Version>,
+    /// For a `ConcurrencyConflict`: the entity's version.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = u64, minimum = 0)]
     current_version: Option<Version>,
     /// The event id a `DuplicateEventId` is about.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, format = "uuid")]
     id: Option<Uuid>,
     /// For a `StorageError`: whether the store now refuses writes.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = bool)]
     read_only: Option<bool>,
 }
 

@@ -48,6 +48,24 @@ pub const CHANNEL_CHUNKS: usize = 16;
 pub const PARQUET: &str = "application/vnd.apache.parquet";
 
 /// `GET /api/v1/export/parquet`
+#[utoipa::path(
+    get,
+    path = "/api/v1/export/parquet",
+    tag = "export",
+    summary = "Export matching events as one Parquet file",
+    description = "Every event matching the filters (all of them without any), in position order, from the log \
+        as committed when the export starts; streamed in chunks. A failure after the first bytes aborts \
+        the transfer (no clean end), so a short file never looks complete. `limit` is refused: bound an \
+        export with `after`, `since`/`until` or `as_of`.",
+    params(crate::openapi::EventFilters),
+    responses(
+        (status = 200, description = "A zstd-compressed Parquet file in the events' columnar schema.",
+            content_type = "application/vnd.apache.parquet", body = crate::openapi::schema::Binary,
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"allsource-events.parquet\"`"))),
+        (status = 400, description = "`ValidationError`: a bad, unknown (`limit` too) or repeated parameter.",
+            body = crate::error::ErrorBody),
+    ),
+)]
 pub(crate) async fn export_parquet(
     State(store): Store,
     ExportQuery(request): ExportQuery,
@@ -56,6 +74,24 @@ pub(crate) async fn export_parquet(
 }
 
 /// `GET /api/v1/export/arrow`
+#[utoipa::path(
+    get,
+    path = "/api/v1/export/arrow",
+    tag = "export",
+    summary = "Export matching events as one Arrow IPC stream",
+    description = "Every event matching the filters (all of them without any), in position order, from the log \
+        as committed when the export starts; streamed in chunks. A failure after the first bytes aborts \
+        the transfer (no clean end), so a short file never looks complete. `limit` is refused: bound an \
+        export with `after`, `since`/`until` or `as_of`.",
+    params(crate::openapi::EventFilters),
+    responses(
+        (status = 200, description = "An Arrow IPC stream, one record batch per 4,096 events.",
+            content_type = "application/vnd.apache.arrow.stream", body = crate::openapi::schema::Binary,
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"allsource-events.arrows\"`"))),
+        (status = 400, description = "`ValidationError`: a bad, unknown (`limit` too) or repeated parameter.",
+            body = crate::error::ErrorBody),
+    ),
+)]
 pub(crate) async fn export_arrow(
     State(store): Store,
     ExportQuery(request): ExportQuery,

@@ -35,6 +35,7 @@ pub mod error;
 mod export;
 mod extract;
 mod handlers;
+pub mod openapi;
 pub mod options;
 mod routes;
 

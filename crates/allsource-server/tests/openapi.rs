@@ -1,0 +1,386 @@
+//! The OpenAPI document (`GET /openapi.json`) against the server it describes, so the
+//! two cannot drift apart:
+//!
+//! - every route the router serves (every `.route(PATH, METHOD(..))` in the server's
+//!   sources) is in the document with the same methods, and every documented operation
+//!   is served (a request to it does not fall through to the router's `404`/`405`);
+//! - real responses of every endpoint, successes and errors, match their documented
+//!   schemas: each required field is there, no field is undocumented, types agree, and
+//!   the status and content type are documented for that operation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use allsource_server::{app, EventStore};
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use common::inproc::InProcess;
+use common::{Client, Reply, Req};
+
+/// The methods axum's `routing` module has functions for.
+const METHODS: &[&str] = &["get", "post", "put", "delete", "patch", "head", "options", "trace"];
+
+fn document() -> Value {
+    let reply = InProcess::new().send(Req::get("/openapi.json"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.header("content-type").unwrap_or_default().starts_with("application/json"));
+    reply.json()
+}
+
+#[test]
+fn document_is_openapi_3_1_with_bearer_security() {
+    let doc = document();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(doc["info"]["title"], "AllSource");
+    assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+    let bearer = &doc["components"]["securitySchemes"]["bearer"];
+    assert_eq!(bearer["type"], "http", "{bearer}");
+    assert_eq!(bearer["scheme"], "bearer", "{bearer}");
+    for (path, method, operation) in operations(&doc) {
+        let open = allsource_server::auth::OPEN_PATHS.contains(&path);
+        let security = &operation["security"];
+        if open {
+            assert!(security.is_null(), "{method} {path} is open, yet has security {security}");
+        } else {
+            // Optional: `{}` (no keys on the server) or the bearer token.
+            assert_eq!(security, &json!([{}, {"bearer": []}]), "{method} {path}");
+            assert!(operation["responses"]["401"].is_object(), "{method} {path} lacks 401");
+        }
+        assert!(operation["responses"]["500"].is_object(), "{method} {path} lacks 500");
+        if method == "post" {
+            assert!(operation["responses"]["403"].is_object(), "{method} {path} lacks 403");
+            assert!(operation["responses"]["503"].is_object(), "{method} {path} lacks 503");
+        }
+        assert!(operation["summary"].is_string(), "{method} {path} has no summary");
+    }
+}
+
+/// The router's routes against the document's: the router's paths, each probed with
+/// every method to see which it serves.
+#[test]
+fn every_route_is_documented_and_every_documented_route_is_served() {
+    let doc = document();
+    let documented: BTreeSet<(String, String)> = operations(&doc)
+        .into_iter()
+        .map(|(path, method, _)| (method.to_string(), path.to_string()))
+        .collect();
+    let router = app(Arc::new(EventStore::new()));
+    let paths = router_paths(&router);
+    assert!(paths.len() >= 13, "found only {} paths in the router: {paths:?}", paths.len());
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut served = BTreeSet::new();
+    for path in &paths {
+        let uri = sample_uri(path);
+        for method in PROBED_METHODS {
+            if runtime.block_on(serves(&router, method, &uri)) {
+                served.insert((method.to_string(), path.clone()));
+            }
+        }
+    }
+    assert!(served.len() >= paths.len(), "{served:?}");
+
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty() && unserved.is_empty(),
+        "the router and /openapi.json disagree.\n  served but not documented: {undocumented:?}\n  \
+         (add `#[utoipa::path(..)]` to the handler and list it in `paths(..)` of ApiDoc in src/openapi.rs)\n  \
+         documented but not served: {unserved:?}"
+    );
+}
+
+/// The methods probed on every path (`HEAD` comes with `GET` in axum).
+const PROBED_METHODS: &[&str] = &["get", "post", "put", "delete", "patch"];
+
+/// `path` with a sample value in each `{parameter}`.
+fn sample_uri(path: &str) -> String {
+    let uri = path
+        .replace("{id}", "0190f0c4-6a1e-7c3a-9d4e-1b2c3d4e5f60")
+        .replace("{entity_id}", "order%2F7")
+        .replace("{name}", "event_counters")
+        .replace("{key}", "order.placed");
+    let mut sampled = String::new();
+    let mut in_parameter = false;
+    for c in uri.chars() {
+        match c {
+            '{' => in_parameter = true,
+            '}' => {
+                in_parameter = false;
+                sampled.push('x');
+            }
+            _ if in_parameter => {}
+            _ => sampled.push(c),
+        }
+    }
+    sampled
+}
+
+/// Whether `method uri` reaches a handler of `router`, rather than its fallbacks (`404`
+/// "no route", `405`).
+async fn serves(router: &axum::Router, method: &str, uri: &str) -> bool {
+    let request = Request::builder()
+        .method(method.to_uppercase().as_str())
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    match response.status().as_u16() {
+        405 => false,
+        404 => {
+            // Only error bodies are read: a success may be a stream that never ends.
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            let body: Value = serde_json::from_slice(&body).unwrap();
+            !body["error"]["message"].as_str().unwrap_or_default().starts_with("no route for")
+        }
+        _ => true,
+    }
+}
+
+/// Every path `router` has a route for. axum has no API to list them; its `Debug`
+/// output prints them (`node: Node { paths: {RouteId(0): "/health", ..} }`, the main
+/// router's node first, then the fallback router's).
+fn router_paths(router: &axum::Router) -> BTreeSet<String> {
+    let debug = format!("{router:?}");
+    let marker = "node: Node { paths: {";
+    let start = debug.find(marker).unwrap_or_else(|| {
+        panic!("axum's Debug output of a Router changed (no {marker:?}); update router_paths: {debug:.300}")
+    });
+    // The quoted strings up to the `}` that closes the map (paths have braces too).
+    let mut paths = BTreeSet::new();
+    let mut quoted: Option<String> = None;
+    for c in debug[start + marker.len()..].chars() {
+        match (&mut quoted, c) {
+            (None, '}') => break,
+            (None, '"') => quoted = Some(String::new()),
+            (Some(path), '"') => {
+                paths.insert(std::mem::take(path));
+                quoted = None;
+            }
+            (Some(path), c) => path.push(c),
+            (None, _) => {}
+        }
+    }
+    paths
+}
+
+/// `(path, method, operation)` of every operation in the document.
+fn operations(doc: &Value) -> Vec<(&str, &str, &Value)> {
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in METHODS {
+            if let Some(operation) = item.get(*method) {
+                operations.push((path.as_str(), *method, operation));
+            }
+        }
+    }
+    operations
+}
+
+/// Real answers of every endpoint against their documented responses.
+#[test]
+fn responses_match_their_schemas() {
+    let doc = document();
+    let client = InProcess::new();
+    let check = |path: &str, req: Req| -> Value {
+        let method = req.method.to_lowercase();
+        let target = req.target.clone();
+        let reply = client.send(req);
+        conforms(&doc, path, &method, &reply, &target);
+        serde_json::from_slice(&reply.body).unwrap_or(Value::Null)
+    };
+    let event = |entity: &str, payload: Value| json!({"event_type": "order.placed", "entity_id": entity, "payload": payload});
+
+    let ndjson_item = serde_json::to_string(&event("order/8", json!(1))).unwrap();
+    check("/health", Req::get("/health"));
+    let stored =
+        check("/api/v1/events", Req::post_json("/api/v1/events", &event("order/7", json!({"total": 10}))));
+    let id = stored["id"].as_str().unwrap().to_string();
+    check("/api/v1/events", Req::post_json("/api/v1/events", &json!({"entity_id": "x"})));
+    check(
+        "/api/v1/events",
+        Req::post_json(
+            "/api/v1/events",
+            &json!({"event_type": "t", "entity_id": "order/7", "payload": 1, "expected_version": 0}),
+        ),
+    );
+    check(
+        "/api/v1/events",
+        Req::post_json(
+            "/api/v1/events",
+            &json!({"id": id, "event_type": "t", "entity_id": "order/7", "payload": 2}),
+        ),
+    );
+    check("/api/v1/events", Req::post("/api/v1/events", Some("text/plain"), "{}"));
+    let too_large = json!({"event_type": "t", "entity_id": "e", "payload": "x".repeat(1 << 20)});
+    check("/api/v1/events", Req::post_json("/api/v1/events", &too_large));
+    check(
+        "/api/v1/events/batch",
+        Req::post_json("/api/v1/events/batch", &json!({"events": [event("order/7", json!({"paid": true}))]})),
+    );
+    check(
+        "/api/v1/events/batch",
+        Req::post("/api/v1/events/batch", Some("application/x-ndjson"), ndjson_item),
+    );
+    check("/api/v1/events/batch", Req::post_json("/api/v1/events/batch", &json!({"events": []})));
+    check("/api/v1/events/{id}", Req::get(format!("/api/v1/events/{id}")));
+    check("/api/v1/events/{id}", Req::get("/api/v1/events/0190f0c4-6a1e-7c3a-9d4e-1b2c3d4e5f61"));
+    check("/api/v1/events/{id}", Req::get("/api/v1/events/not-a-uuid"));
+    let page = check("/api/v1/events/query", Req::get("/api/v1/events/query?limit=1"));
+    assert!(page["next_after"].is_u64(), "{page}");
+    check("/api/v1/events/query", Req::get("/api/v1/events/query?entity_id=none"));
+    check("/api/v1/events/query", Req::get("/api/v1/events/query?limit=0"));
+    let arrow = Req::get("/api/v1/events/query").header("accept", "application/vnd.apache.arrow.stream");
+    check("/api/v1/events/query", arrow);
+    check(
+        "/api/v1/entities/{entity_id}/state",
+        Req::get("/api/v1/entities/order%2F7/state?as_of=2999-01-01T00:00:00Z"),
+    );
+    check("/api/v1/entities/{entity_id}/state", Req::get("/api/v1/entities/nobody/state"));
+    check("/api/v1/entities/{entity_id}/snapshot", Req::get("/api/v1/entities/order%2F7/snapshot"));
+    check("/api/v1/entities/{entity_id}/snapshot", Req::get("/api/v1/entities/order%2F7/snapshot?as_of=x"));
+    check("/api/v1/stats", Req::get("/api/v1/stats"));
+    check("/api/v1/projections", Req::get("/api/v1/projections"));
+    check("/api/v1/projections/{name}/{key}", Req::get("/api/v1/projections/event_counters/order.placed"));
+    check("/api/v1/projections/{name}/{key}", Req::get("/api/v1/projections/entity_snapshots/order%2F7"));
+    check("/api/v1/projections/{name}/{key}", Req::get("/api/v1/projections/nope/x"));
+    check("/api/v1/export/parquet", Req::get("/api/v1/export/parquet"));
+    check("/api/v1/export/arrow", Req::get("/api/v1/export/arrow?limit=1"));
+    check("/openapi.json", Req::get("/openapi.json"));
+}
+
+/// Asserts that `reply` is a documented response of `method path`, and that a JSON body
+/// matches the documented schema.
+fn conforms(doc: &Value, path: &str, method: &str, reply: &Reply, target: &str) {
+    let what = format!("{} {target} -> {}", method.to_uppercase(), reply.status);
+    let operation = &doc["paths"][path][method];
+    assert!(operation.is_object(), "{what}: {method} {path} is not documented");
+    let mut response = &operation["responses"][reply.status.to_string()];
+    assert!(response.is_object(), "{what}: status {} is not documented: {}", reply.status, reply.text());
+    if let Some(reference) = response["$ref"].as_str() {
+        response = resolve(doc, reference);
+    }
+    let content_type = reply.header("content-type").unwrap_or_default();
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    let content = &response["content"][media_type];
+    assert!(content.is_object(), "{what}: content type {content_type:?} is not documented: {response}");
+    if media_type == "application/json" {
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        let mut problems = Vec::new();
+        validate(doc, &content["schema"], &body, "$", &mut problems);
+        assert!(
+            problems.is_empty(),
+            "{what}: the body does not match its schema:\n  {}\n{body}",
+            problems.join("\n  ")
+        );
+    }
+}
+
+fn resolve<'a>(doc: &'a Value, reference: &str) -> &'a Value {
+    let pointer = reference.strip_prefix('#').unwrap_or_else(|| panic!("not a local $ref: {reference}"));
+    doc.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {reference}"))
+}
+
+/// A small JSON Schema check, for the keywords utoipa writes: `$ref`, `allOf`, `oneOf`,
+/// `type` (one or several), `properties`, `required`, `items`, `minimum`. Stricter than
+/// JSON Schema in one way: an object whose schema lists properties may have no other
+/// field, so a field added to a response but not to its schema fails here.
+fn validate(doc: &Value, schema: &Value, value: &Value, at: &str, problems: &mut Vec<String>) {
+    if let Some(reference) = schema["$ref"].as_str() {
+        return validate(doc, resolve(doc, reference), value, at, problems);
+    }
+    if let Some(alternatives) = schema["oneOf"].as_array() {
+        let matching = alternatives
+            .iter()
+            .filter(|alternative| {
+                let mut inner = Vec::new();
+                validate(doc, alternative, value, at, &mut inner);
+                inner.is_empty()
+            })
+            .count();
+        if matching != 1 {
+            problems.push(format!("{at}: {value} matches {matching} of oneOf {schema}"));
+        }
+        return;
+    }
+    let mut properties = serde_json::Map::new();
+    let mut required = Vec::new();
+    collect_object(doc, schema, &mut properties, &mut required);
+    if let Some(types) = types_of(schema) {
+        let actual = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_u64() || n.is_i64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        let ok = types.iter().any(|t| t == actual || (t == "number" && actual == "integer"));
+        if !ok {
+            problems.push(format!("{at}: {value} is {actual}, the schema says {types:?}"));
+            return;
+        }
+    }
+    if let (Some(minimum), Some(number)) = (schema["minimum"].as_f64(), value.as_f64()) {
+        if number < minimum {
+            problems.push(format!("{at}: {number} is below the minimum {minimum}"));
+        }
+    }
+    if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {
+        for (i, item) in array.iter().enumerate() {
+            validate(doc, items, item, &format!("{at}[{i}]"), problems);
+        }
+    }
+    let Some(object) = value.as_object() else { return };
+    for name in &required {
+        if !object.contains_key(name) {
+            problems.push(format!("{at}: the required field `{name}` is missing"));
+        }
+    }
+    if properties.is_empty() {
+        return;
+    }
+    for (name, field) in object {
+        match properties.get(name) {
+            Some(schema) => validate(doc, schema, field, &format!("{at}.{name}"), problems),
+            None => problems.push(format!("{at}: the field `{name}` is not in the schema")),
+        }
+    }
+}
+
+/// The properties and required fields of an object schema, through `$ref` and `allOf`.
+fn collect_object(
+    doc: &Value,
+    schema: &Value,
+    properties: &mut serde_json::Map<String, Value>,
+    required: &mut Vec<String>,
+) {
+    if let Some(reference) = schema["$ref"].as_str() {
+        return collect_object(doc, resolve(doc, reference), properties, required);
+    }
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        collect_object(doc, part, properties, required);
+    }
+    if let Some(own) = schema["properties"].as_object() {
+        properties.extend(own.clone());
+    }
+    required.extend(
+        schema["required"].as_array().into_iter().flatten().filter_map(|r| r.as_str()).map(String::from),
+    );
+}
+
+fn types_of(schema: &Value) -> Option<Vec<String>> {
+    match &schema["type"] {
+        Value::String(t) => Some(vec![t.clone()]),
+        Value::Array(types) => Some(types.iter().filter_map(|t| t.as_str()).map(String::from).collect()),
+        _ => None,
+    }
+}
