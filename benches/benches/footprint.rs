@@ -136,6 +136,14 @@ fn reopen(dir: &std::path::Path, raw_bytes: u64, n: u64) {
         resident as f64 / n as f64,
         resident as f64 / raw_bytes as f64,
     );
+    let stats = store.stats();
+    println!(
+        "         of which {} events held as Arrow columns: {} MB = {:.0} B/event ({:.2}x raw)",
+        stats.columnar_events,
+        stats.columnar_bytes >> 20,
+        stats.columnar_bytes as f64 / stats.columnar_events.max(1) as f64,
+        stats.columnar_bytes as f64 / stats.columnar_events.max(1) as f64 / (raw_bytes as f64 / n as f64),
+    );
 
     let started = Instant::now();
     let written = store

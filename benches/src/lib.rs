@@ -19,7 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allsource_core::{Event, EventStore, NewEvent, QueryEventsRequest};
+use allsource_core::{Event, EventStore, NewEvent, QueryEventsRequest, SyncMode, WalConfig};
 use serde_json::{json, Value};
 
 /// Events per `append_batch` call when a helper fills a store: the largest batch the
@@ -80,8 +80,13 @@ impl StoreShape {
 /// [`FILL_BATCH_EVENTS`]. Panics if an append fails: a bench cannot go on without its
 /// data.
 pub fn filled_store(shape: StoreShape) -> Arc<EventStore> {
-    assert!(shape.n_entities > 0 && shape.n_event_types > 0, "empty shape: {shape:?}");
     let store = Arc::new(EventStore::new());
+    fill(&store, shape);
+    store
+}
+
+fn fill(store: &EventStore, shape: StoreShape) {
+    assert!(shape.n_entities > 0 && shape.n_event_types > 0, "empty shape: {shape:?}");
     let mut first = 0;
     while first < shape.n_events {
         let last = (first + FILL_BATCH_EVENTS as u64).min(shape.n_events);
@@ -92,7 +97,27 @@ pub fn filled_store(shape: StoreShape) -> Arc<EventStore> {
         first = last;
     }
     assert_eq!(store.stats().total_events, shape.n_events, "the store holds every event");
-    store
+}
+
+/// A durable store (in a temporary directory, `--sync none`) filled like
+/// [`filled_store`], returned once every full table chunk is sealed, so that reads
+/// come from Arrow columns rather than event objects. Keep the directory alive as long
+/// as the store.
+pub fn sealed_store(shape: StoreShape) -> (Arc<EventStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
+    let config = WalConfig { sync: SyncMode::None, ..WalConfig::default() };
+    let (store, _) = EventStore::open_dir(dir.path(), config)
+        .unwrap_or_else(|e| panic!("cannot open a store in {}: {e}", dir.path().display()));
+    let store = Arc::new(store);
+    fill(&store, shape);
+    let chunk = allsource_core::CHUNK_EVENTS_DEFAULT;
+    let sealed = shape.n_events / chunk * chunk;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while store.stats().columnar_events < sealed {
+        assert!(Instant::now() < deadline, "the store did not seal its chunks: {:?}", store.stats());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (store, dir)
 }
 
 /// Events a store may hold before [`time_appends`] swaps it for an empty one, so that a
