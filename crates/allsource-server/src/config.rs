@@ -4,8 +4,11 @@
 //! lists every option.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
+
+use crate::stream::SubscriptionSettings;
 
 /// How to run the server: where to listen and where to keep the events.
 ///
@@ -41,6 +44,60 @@ pub struct Config {
     /// or OS crash).
     #[arg(long, env = "ALLSOURCE_SYNC", value_enum, default_value_t = Sync::Always)]
     pub sync: Sync,
+
+    /// Subscriptions (GET /api/v1/events/stream): a heartbeat line goes out after this
+    /// many milliseconds without any other line.
+    #[arg(
+        long,
+        env = "ALLSOURCE_HEARTBEAT_MS",
+        value_name = "MS",
+        default_value_t = SubscriptionSettings::default().heartbeat.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub heartbeat_ms: u64,
+
+    /// The most subscriptions open at once; one more is refused with `429
+    /// TooManySubscribers`.
+    #[arg(
+        long,
+        env = "ALLSOURCE_MAX_SUBSCRIBERS",
+        value_name = "N",
+        default_value_t = SubscriptionSettings::default().subscribers_max
+    )]
+    pub max_subscribers: usize,
+
+    /// The most bytes of lines queued for one subscriber's client (one line may go
+    /// over). When the client reads too slowly, the stream waits, then closes.
+    #[arg(
+        long,
+        env = "ALLSOURCE_SUBSCRIBER_BUFFER_BYTES",
+        value_name = "BYTES",
+        default_value_t = SubscriptionSettings::default().buffer_bytes as u64,
+        value_parser = clap::value_parser!(u64).range(1..=u32::MAX as u64)
+    )]
+    pub subscriber_buffer_bytes: u64,
+
+    /// How long a subscriber's buffer may stay full, in milliseconds, before its stream
+    /// is closed with an error line `SubscriberTooSlow`.
+    #[arg(
+        long,
+        env = "ALLSOURCE_SUBSCRIBER_STALL_MS",
+        value_name = "MS",
+        default_value_t = SubscriptionSettings::default().stall_grace.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub subscriber_stall_ms: u64,
+}
+
+impl Config {
+    /// The settings of subscriptions.
+    pub fn subscription_settings(&self) -> SubscriptionSettings {
+        SubscriptionSettings::default()
+            .with_heartbeat(Duration::from_millis(self.heartbeat_ms))
+            .with_subscribers_max(self.max_subscribers)
+            .with_buffer_bytes(usize::try_from(self.subscriber_buffer_bytes).unwrap_or(usize::MAX))
+            .with_stall_grace(Duration::from_millis(self.subscriber_stall_ms))
+    }
 }
 
 /// When an append is acknowledged; see `--sync`.
@@ -87,6 +144,40 @@ mod tests {
         let config = Config::try_parse_from(["allsource", "--sync", "none"]).unwrap();
         assert_eq!(config.sync, Sync::None);
         assert!(Config::try_parse_from(["allsource", "--sync", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn subscriptions() {
+        let config = Config::try_parse_from(["allsource"]).unwrap();
+        assert_eq!(config.subscription_settings(), SubscriptionSettings::default());
+        assert_eq!(config.subscription_settings().heartbeat, Duration::from_secs(15));
+        let config = Config::try_parse_from([
+            "allsource",
+            "--heartbeat-ms",
+            "100",
+            "--max-subscribers",
+            "0",
+            "--subscriber-buffer-bytes",
+            "10",
+            "--subscriber-stall-ms",
+            "200",
+        ])
+        .unwrap();
+        let want = SubscriptionSettings::default()
+            .with_heartbeat(Duration::from_millis(100))
+            .with_subscribers_max(0)
+            .with_buffer_bytes(10)
+            .with_stall_grace(Duration::from_millis(200));
+        assert_eq!(config.subscription_settings(), want);
+        for bad in [
+            ["--heartbeat-ms", "0"],
+            ["--subscriber-buffer-bytes", "0"],
+            ["--subscriber-buffer-bytes", "4294967296"],
+            ["--subscriber-stall-ms", "0"],
+            ["--max-subscribers", "-1"],
+        ] {
+            assert!(Config::try_parse_from(["allsource", bad[0], bad[1]]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

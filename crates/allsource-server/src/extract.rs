@@ -136,6 +136,44 @@ impl<S: Send + Sync> FromRequestParts<S> for ExportQuery {
     }
 }
 
+/// The query string and headers of `GET /api/v1/events/stream`: `entity_id`,
+/// `event_type` and `after`, as a request whose `limit` is `None`. A `Last-Event-ID`
+/// header (what a browser's `EventSource` sends when it reconnects) is the cursor
+/// and wins over `after`; it must be a position too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamQuery(pub QueryEventsRequest);
+
+impl<S: Send + Sync> FromRequestParts<S> for StreamQuery {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let mut params = QueryParams::from_request_parts(parts, state).await?;
+        let after = params
+            .take("after")?
+            .map(|v| parse_number("after", &v, "a position (an integer >= 0)"))
+            .transpose()?;
+        let request = QueryEventsRequest {
+            entity_id: params.take("entity_id")?,
+            event_type: params.take("event_type")?,
+            after,
+            ..QueryEventsRequest::default()
+        };
+        params.finish()?;
+        let last_event_id = match parts.headers.get("last-event-id") {
+            None => None,
+            Some(value) => {
+                Some(value.to_str().ok().and_then(|v| v.trim().parse::<u64>().ok()).ok_or_else(|| {
+                    Error::Validation(format!(
+                        "header Last-Event-ID must be a position (an integer >= 0), got {:?}",
+                        String::from_utf8_lossy(value.as_bytes())
+                    ))
+                })?)
+            }
+        };
+        Ok(StreamQuery(QueryEventsRequest { after: last_event_id.or(request.after), ..request }))
+    }
+}
+
 /// The filters of a query (every parameter but `limit`), parsed; not yet validated
 /// (that is the engine's `Query::try_from`).
 fn filters(params: &mut QueryParams) -> Result<QueryEventsRequest, AppError> {
@@ -222,7 +260,7 @@ impl QueryFormat {
 }
 
 /// A q-value (`0`, `0.5`, `1.000`) in thousandths; `None` if it is not one.
-fn parse_qvalue(text: &str) -> Option<u16> {
+pub(crate) fn parse_qvalue(text: &str) -> Option<u16> {
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
     if whole.len() != 1 || fraction.len() > 3 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
         return None;

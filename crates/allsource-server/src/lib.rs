@@ -27,8 +27,9 @@
 //! The modules: [`config`] (flags and environment), [`error`] (every failure as the
 //! contract's JSON error), `extract` (bodies, paths and query strings into the
 //! engine's types), `handlers` (thin: extract, call the engine, map the result),
-//! `export` (Parquet and Arrow exports, streamed from a blocking thread) and `routes`
-//! (the router and its layers).
+//! `export` (Parquet and Arrow exports, streamed from a blocking thread), `routes`
+//! (the router and its layers) and `stream` (subscriptions: catch-up, then live
+//! events, as NDJSON or Server-Sent Events).
 
 pub mod config;
 pub mod error;
@@ -38,9 +39,11 @@ mod handlers;
 pub mod openapi;
 pub mod options;
 mod routes;
+mod stream;
 
 pub use allsource_core::EventStore;
 pub use config::{Config, Sync};
 pub use error::AppError;
 pub use options::AppOptions;
 pub use routes::{app, app_with};
+pub use stream::{SubscriptionSettings, Subscriptions};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allsource_core::WalConfig;
-use allsource_server::{app_with, AppOptions, Config, EventStore, Sync};
+use allsource_server::{app_with, AppOptions, Config, EventStore, Subscriptions, Sync};
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -41,11 +41,13 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "listening on {local_addr}");
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app_with(store.clone(), AppOptions::default()))
-        .with_graceful_shutdown(async {
-            // A dropped sender (which cannot happen before a signal) also stops the server.
-            let _ = stop_rx.await;
-        });
+    // Streams never end on their own: the shutdown ends them.
+    let subscriptions = Subscriptions::new(config.subscription_settings());
+    let options = AppOptions::default().with_subscriptions(subscriptions.clone());
+    let server = axum::serve(listener, app_with(store.clone(), options)).with_graceful_shutdown(async {
+        // A dropped sender (which cannot happen before a signal) also stops the server.
+        let _ = stop_rx.await;
+    });
     let mut server = tokio::spawn(async move { server.await });
 
     tokio::select! {
@@ -58,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("{signal} received: shutting down, finishing requests in flight");
         }
     }
+    subscriptions.close();
     let _ = stop_tx.send(());
     match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
         Ok(result) => result.context("the server task failed")?.context("the server failed")?,

@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::AppError;
 use crate::options::AppOptions;
-use crate::{export, handlers, openapi};
+use crate::{export, handlers, openapi, stream};
 
 /// The whole HTTP API over `store` with the default [`AppOptions`], ready to serve or
 /// to drive in tests with `tower::ServiceExt::oneshot`.
@@ -27,10 +27,11 @@ pub fn app(store: Arc<EventStore>) -> Router {
 
 /// The whole HTTP API over `store`, set up as `options` says.
 pub fn app_with(store: Arc<EventStore>, options: AppOptions) -> Router {
-    let _ = &options;
     Router::new()
         .route("/health", get(handlers::health))
         .route("/openapi.json", get(openapi::openapi_json))
+        // Subscriptions: long-lived responses with limits of their own.
+        .route(stream::STREAM_PATH, stream::route(store.clone(), options.subscriptions.clone()))
         .route("/api/v1/events", post(handlers::append_event))
         .route("/api/v1/events/batch", post(handlers::append_batch))
         .route("/api/v1/events/query", get(handlers::query_events))
