@@ -6,6 +6,7 @@
 //! cargo xtask bench [-- ARGS..]  the criterion suites, then the durable bench, then the tables
 //! cargo xtask bench durable [..] only the durable bench (e.g. `--quick`, a filter), then the tables
 //! cargo xtask bench --report     only the tables, from the results already in target/
+//! cargo xtask load [OPTIONS]     HTTP load against the release binary on loopback (`--help`)
 //! cargo xtask release            the release binary, and a packaging dry run of the libraries
 //! ```
 //!
@@ -13,6 +14,7 @@
 //! criterion write. The tidy test (`tidy.rs`) runs with `cargo test --workspace`.
 
 mod bench;
+mod load;
 mod text;
 
 #[cfg(test)]
@@ -40,6 +42,10 @@ commands:
                       `disk` or `64_writers`), then print results against the targets
   bench --report      print the tables from the results already under target/criterion and
                       target/durable-bench/results.json
+  load [OPTIONS]      start the release binary on a loopback port and measure it over HTTP
+                      (appends, batches, queries, state, snapshots, subscriptions) against the
+                      targets; `--baseline` adds a trivial axum handler for comparison;
+                      `cargo xtask load --help` lists the options
   release             cargo build --release -p allsource-server; package the library crates (dry run)
 ";
 
@@ -67,6 +73,9 @@ fn main() -> Result<()> {
             lint()
         }
         Some("bench") => bench::run(&rest),
+        Some("load") => load::run(&rest),
+        // Not in the usage: `cargo xtask load --baseline` starts it as a process of its own.
+        Some(load::baseline::SUBCOMMAND) => load::baseline::serve(&rest),
         Some("release") => {
             no_arguments(&rest)?;
             release()
