@@ -139,7 +139,8 @@ impl SubscriptionSettings {
 }
 
 /// The subscriptions of one server: their settings, the count of open streams, and
-/// the switch that ends them all at shutdown. Clones share all of it.
+/// the switch that ends them all at shutdown. Clones share all of it. Streams are
+/// served on one Tokio runtime: the task that wakes them starts with the first one.
 #[derive(Clone)]
 pub struct Subscriptions {
     shared: Arc<Shared>,
