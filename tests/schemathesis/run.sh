@@ -5,7 +5,8 @@
 # requests for every operation (valid and invalid ones: its examples, coverage,
 # fuzzing and stateful phases) and check every response. Fails on any 5xx, any
 # response that does not match the document (status, content type, headers, body
-# schema), any invalid request the server accepts, and on a server that logged a
+# schema), any invalid request the server accepts, an Arrow or Parquet body that is not
+# one (the check in hooks.py), an operation left untested, and a server that logged a
 # panic or an internal error. Stops the server and removes its files, also on failure.
 #
 #   bash tests/schemathesis/run.sh
@@ -114,9 +115,15 @@ status=0
         --generation-database none \
         --no-color \
         "${seed_args[@]}"
-) || status=$?
+) 2>&1 | tee "$work/schemathesis.out" || status=$?
 [ "$status" -ne 124 ] && [ "$status" -ne 137 ] || fail "the run took longer than ${RUN_SECONDS}s"
 [ "$status" -eq 0 ] || fail "schemathesis found problems (exit status $status; see above)"
+# A hook that raises inside schemathesis can end an operation's tests without failing
+# the run: every selected operation must have been tested.
+selected=$(sed -n 's/^ *Selected: \([0-9]*\)\/.*/\1/p' "$work/schemathesis.out" | head -n 1)
+tested=$(sed -n 's/^ *Tested: \([0-9]*\).*/\1/p' "$work/schemathesis.out" | head -n 1)
+[ -n "$selected" ] && [ "$selected" = "$tested" ] ||
+    fail "schemathesis tested ${tested:-?} of ${selected:-?} selected operations"
 
 kill -0 "$server_pid" 2>/dev/null || fail "the server died during the run"
 if grep -E "panicked|internal error" "$log" >&2; then
