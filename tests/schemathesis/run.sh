@@ -2,7 +2,8 @@
 # Schemathesis against the running server, with the server's own OpenAPI document
 # (GET /openapi.json): builds the `allsource` binary, starts it in memory on a free
 # loopback port, waits (bounded) for GET /health, then lets schemathesis generate
-# requests for every operation (valid and invalid ones: its examples, coverage,
+# requests for every operation; then the same, with fewer examples, against a server
+# with an API key, sending it as a write key (valid and invalid ones: its examples, coverage,
 # fuzzing and stateful phases) and check every response. Fails on any 5xx, any
 # response that does not match the document (status, content type, headers, body
 # schema), any invalid request the server accepts, an Arrow or Parquet body that is not
@@ -12,9 +13,9 @@
 #   bash tests/schemathesis/run.sh
 #
 # Needs schemathesis 4 for $PYTHON (python3 -m pip install 'schemathesis>=4.32,<5').
-# Environment: SCHEMATHESIS_MAX_EXAMPLES (per operation, default 40),
-# SCHEMATHESIS_SECONDS (wall-clock cap of the run, default 150), SCHEMATHESIS_SEED
-# (replays a run: every run prints its seed).
+# Environment: SCHEMATHESIS_MAX_EXAMPLES (per operation, default 40; the keyed run takes
+# a quarter), SCHEMATHESIS_SECONDS (wall-clock cap of the first run, default 150; the
+# keyed run gets half), SCHEMATHESIS_SEED (replays a run: every run prints its seed).
 #
 # Checks: all of schemathesis' but `positive_data_acceptance` ("a schema-valid request
 # must succeed"), which cannot hold for a correct server here: JSON Schema counts
@@ -31,6 +32,9 @@ root=$(pwd)
 PYTHON=${PYTHON:-python3}
 MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-40}
 RUN_SECONDS=${SCHEMATHESIS_SECONDS:-150}
+# The run with an API key repeats the first with fewer examples.
+KEYED_MAX_EXAMPLES=$(( (MAX_EXAMPLES + 3) / 4 ))
+KEYED_RUN_SECONDS=$(( (RUN_SECONDS + 1) / 2 ))
 STARTUP_SECONDS=30
 
 fail() {
@@ -65,21 +69,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The server, on a free loopback port: its address comes from its "listening on" line.
-RUST_LOG=info "$binary" --in-memory --addr 127.0.0.1:0 2>"$log" &
-server_pid=$!
-addr=""
-deadline=$((SECONDS + STARTUP_SECONDS))
-while [ -z "$addr" ]; do
-    kill -0 "$server_pid" 2>/dev/null || fail "the server exited during start-up"
-    [ "$SECONDS" -lt "$deadline" ] || fail "no 'listening on' line within ${STARTUP_SECONDS}s"
-    addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
-    [ -n "$addr" ] || sleep 0.1
-done
-base="http://$addr"
-echo "server (pid $server_pid) listening on $addr"
+# Starts the server in memory with these arguments on a free loopback port (its address
+# comes from its "listening on" line), its log in $log; sets server_pid and base once it
+# answers GET /health (bounded waits).
+start_server() {
+    : >"$log"
+    RUST_LOG=info "$binary" --in-memory --addr 127.0.0.1:0 "$@" 2>"$log" &
+    server_pid=$!
+    local addr="" deadline=$((SECONDS + STARTUP_SECONDS))
+    while [ -z "$addr" ]; do
+        kill -0 "$server_pid" 2>/dev/null || fail "the server exited during start-up"
+        [ "$SECONDS" -lt "$deadline" ] || fail "no 'listening on' line within ${STARTUP_SECONDS}s"
+        addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
+        [ -n "$addr" ] || sleep 0.1
+    done
+    base="http://$addr"
+    echo "server (pid $server_pid) listening on $addr"
 
-"$PYTHON" - "$base" "$STARTUP_SECONDS" <<'PY' || fail "GET /health did not answer 200"
+    "$PYTHON" - "$base" "$STARTUP_SECONDS" <<'PY' || fail "GET /health did not answer 200"
 import sys, time, urllib.request
 base, seconds = sys.argv[1], float(sys.argv[2])
 deadline = time.monotonic() + seconds
@@ -94,39 +101,71 @@ while True:
         sys.exit(1)
     time.sleep(0.05)
 PY
+}
+
+# Fails if the server died or logged a panic or an internal error; else stops it.
+stop_server() {
+    kill -0 "$server_pid" 2>/dev/null || fail "the server died during the run"
+    if grep -E "panicked|internal error" "$log" >&2; then
+        fail "the server logged a panic or an internal error (above)"
+    fi
+    kill "$server_pid"
+    wait "$server_pid" || true
+    server_pid=""
+}
 
 seed_args=()
 if [ -n "${SCHEMATHESIS_SEED:-}" ]; then
     seed_args=(--seed "$SCHEMATHESIS_SEED")
 fi
 
-# From the temporary directory: schemathesis keeps its example database and state in
-# the working directory.
-status=0
-(
-    cd "$work"
-    SCHEMATHESIS_HOOKS="$root/tests/schemathesis/hooks.py" timeout --kill-after=10 "$RUN_SECONDS" \
-        "$PYTHON" -m schemathesis.cli run "$base/openapi.json" \
-        --checks all \
-        --exclude-checks positive_data_acceptance \
-        --exclude-path /api/v1/events/stream \
-        --max-examples "$MAX_EXAMPLES" \
-        --request-timeout 10 \
-        --generation-database none \
-        --no-color \
-        "${seed_args[@]}"
-) 2>&1 | tee "$work/schemathesis.out" || status=$?
-[ "$status" -ne 124 ] && [ "$status" -ne 137 ] || fail "the run took longer than ${RUN_SECONDS}s"
-[ "$status" -eq 0 ] || fail "schemathesis found problems (exit status $status; see above)"
-# A hook that raises inside schemathesis can end an operation's tests without failing
-# the run: every selected operation must have been tested.
-selected=$(sed -n 's/^ *Selected: \([0-9]*\)\/.*/\1/p' "$work/schemathesis.out" | head -n 1)
-tested=$(sed -n 's/^ *Tested: \([0-9]*\).*/\1/p' "$work/schemathesis.out" | head -n 1)
-[ -n "$selected" ] && [ "$selected" = "$tested" ] ||
-    fail "schemathesis tested ${tested:-?} of ${selected:-?} selected operations"
+# Runs schemathesis against $base with at most $1 examples per operation and $2 seconds
+# in all; the rest are more arguments for it. Fails on any problem it reports, and when
+# it tested fewer operations than it selected (a hook that raises inside schemathesis
+# can end an operation's tests without failing the run).
+run_schemathesis() {
+    local examples=$1 seconds=$2 status=0
+    shift 2
+    # From the temporary directory: schemathesis keeps state in the working directory.
+    (
+        cd "$work"
+        SCHEMATHESIS_HOOKS="$root/tests/schemathesis/hooks.py" timeout --kill-after=10 "$seconds" \
+            "$PYTHON" -m schemathesis.cli run "$base/openapi.json" \
+            --checks all \
+            --exclude-checks positive_data_acceptance \
+            --exclude-path /api/v1/events/stream \
+            --max-examples "$examples" \
+            --request-timeout 10 \
+            --generation-database none \
+            --no-color \
+            "${seed_args[@]}" "$@"
+    ) 2>&1 | tee "$work/schemathesis.out" || status=$?
+    [ "$status" -ne 124 ] && [ "$status" -ne 137 ] || fail "the run took longer than ${seconds}s"
+    [ "$status" -eq 0 ] || fail "schemathesis found problems (exit status $status; see above)"
+    local selected tested
+    selected=$(sed -n 's/^ *Selected: \([0-9]*\)\/.*/\1/p' "$work/schemathesis.out" | head -n 1)
+    tested=$(sed -n 's/^ *Tested: \([0-9]*\).*/\1/p' "$work/schemathesis.out" | head -n 1)
+    [ -n "$selected" ] && [ "$selected" = "$tested" ] ||
+        fail "schemathesis tested ${tested:-?} of ${selected:-?} selected operations"
+}
 
-kill -0 "$server_pid" 2>/dev/null || fail "the server died during the run"
-if grep -E "panicked|internal error" "$log" >&2; then
-    fail "the server logged a panic or an internal error (above)"
-fi
+# 1. An open server (no API keys), as the contract describes it.
+start_server
+run_schemathesis "$MAX_EXAMPLES" "$RUN_SECONDS"
+stop_server
+
+# 2. A server with an API key, used as a write key: the same answers behind the auth
+# layer, and its 401s (schemathesis also sends requests without the key) documented.
+key=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(16))')
+ALLSOURCE_API_KEYS="$key:write" start_server
+"$PYTHON" - "$base" <<'PY' || fail "the server with a key took a request without one"
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1] + "/api/v1/stats", timeout=5)
+    sys.exit(1)
+except urllib.error.HTTPError as error:
+    sys.exit(0 if error.code == 401 else 1)
+PY
+run_schemathesis "$KEYED_MAX_EXAMPLES" "$KEYED_RUN_SECONDS" --header "Authorization: Bearer $key"
+stop_server
 echo "schemathesis: ok"
