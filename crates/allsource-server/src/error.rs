@@ -5,7 +5,8 @@
 //! `{"error": {"code": "...", "message": "..."}}` with the contract's status.
 
 use allsource_core::{Error, Uuid, Version};
-use axum::http::StatusCode;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
@@ -23,7 +24,26 @@ pub enum AppError {
     MethodNotAllowed(String),
     /// `415 UnsupportedMediaType`: a body without an accepted `Content-Type`.
     UnsupportedMediaType(String),
+    /// `401 Unauthorized`: keys are on and the request has no bearer token, or one that
+    /// is no key. The response carries `WWW-Authenticate: Bearer`.
+    Unauthorized {
+        /// What was wrong, never the token itself.
+        message: String,
+        /// A token was given but is no key (RFC 6750's `invalid_token`).
+        invalid_token: bool,
+    },
+    /// `403 Forbidden`: a read key on a route that writes.
+    Forbidden(String),
+    /// `503 Overloaded`: every request slot is taken; the response carries
+    /// `Retry-After`, nothing was done.
+    Overloaded(String),
+    /// `504 Timeout`: the request did not finish in time. What it did so far stands (an
+    /// append may be committed), so clients retry appends with the same `id`.
+    Timeout(String),
 }
+
+/// The seconds a client is asked to wait (`Retry-After`) after a `503 Overloaded`.
+pub const OVERLOADED_RETRY_AFTER_SECONDS: u64 = 1;
 
 impl AppError {
     /// The HTTP status of the response.
@@ -35,6 +55,10 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -45,6 +69,10 @@ impl AppError {
             AppError::NotFound(_) => "NotFound",
             AppError::MethodNotAllowed(_) => "MethodNotAllowed",
             AppError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            AppError::Unauthorized { .. } => "Unauthorized",
+            AppError::Forbidden(_) => "Forbidden",
+            AppError::Overloaded(_) => "Overloaded",
+            AppError::Timeout(_) => "Timeout",
         }
     }
 
@@ -118,7 +146,24 @@ impl From<Error> for AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (self.status(), Json(self.body())).into_response()
+        let mut response = (self.status(), Json(self.body())).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            AppError::Unauthorized { invalid_token: false, .. } => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer realm="allsource""#));
+            }
+            AppError::Unauthorized { invalid_token: true, .. } => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="allsource", error="invalid_token""#),
+                );
+            }
+            AppError::Overloaded(_) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(OVERLOADED_RETRY_AFTER_SECONDS));
+            }
+            _ => {}
+        }
+        response
     }
 }
 
@@ -128,7 +173,11 @@ impl std::fmt::Display for AppError {
             AppError::Store(error) => write!(f, "{error}"),
             AppError::NotFound(message)
             | AppError::MethodNotAllowed(message)
-            | AppError::UnsupportedMediaType(message) => f.write_str(message),
+            | AppError::UnsupportedMediaType(message)
+            | AppError::Unauthorized { message, .. }
+            | AppError::Forbidden(message)
+            | AppError::Overloaded(message)
+            | AppError::Timeout(message) => f.write_str(message),
         }
     }
 }
@@ -155,6 +204,10 @@ mod tests {
         check(AppError::NotFound("x".into()), 404, "NotFound");
         check(AppError::MethodNotAllowed("x".into()), 405, "MethodNotAllowed");
         check(AppError::UnsupportedMediaType("x".into()), 415, "UnsupportedMediaType");
+        check(AppError::Unauthorized { message: "x".into(), invalid_token: false }, 401, "Unauthorized");
+        check(AppError::Forbidden("x".into()), 403, "Forbidden");
+        check(AppError::Overloaded("x".into()), 503, "Overloaded");
+        check(AppError::Timeout("x".into()), 504, "Timeout");
         check(Error::Validation("x".into()).into(), 400, "ValidationError");
         check(Error::Storage { message: "x".into(), read_only: true }.into(), 503, "StorageError");
         check(Error::Storage { message: "x".into(), read_only: false }.into(), 500, "StorageError");
@@ -176,6 +229,21 @@ mod tests {
         assert_eq!(body["error"]["expected_version"], 3);
         assert_eq!(body["error"]["current_version"], 5);
         assert_eq!(body["error"]["message"], "m");
+    }
+
+    #[test]
+    fn headers_of_auth_and_overload_errors() {
+        let response = AppError::Unauthorized { message: "x".into(), invalid_token: false }.into_response();
+        assert_eq!(response.headers()[WWW_AUTHENTICATE], r#"Bearer realm="allsource""#);
+        let response = AppError::Unauthorized { message: "x".into(), invalid_token: true }.into_response();
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="allsource", error="invalid_token""#
+        );
+        let response = AppError::Overloaded("x".into()).into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let response = AppError::Forbidden("x".into()).into_response();
+        assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
     }
 
     #[test]

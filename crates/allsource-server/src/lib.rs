@@ -28,20 +28,25 @@
 //! contract's JSON error), `extract` (bodies, paths and query strings into the
 //! engine's types), `handlers` (thin: extract, call the engine, map the result),
 //! `export` (Parquet and Arrow exports, streamed from a blocking thread), `routes`
-//! (the router and its layers) and `stream` (subscriptions: catch-up, then live
-//! events, as NDJSON or Server-Sent Events).
+//! (the router and its layers), [`auth`] (API keys), [`limits`] (request slots and
+//! time limits), [`tls`] (serving over TLS with rustls) and `stream` (subscriptions:
+//! catch-up, then live events, as NDJSON or Server-Sent Events).
 
+pub mod auth;
 pub mod config;
 pub mod error;
 mod export;
 mod extract;
 mod handlers;
+pub mod limits;
 pub mod openapi;
 pub mod options;
 mod routes;
 mod stream;
+pub mod tls;
 
 pub use allsource_core::EventStore;
+pub use auth::{ApiKey, ApiKeys, Role};
 pub use config::{Config, Sync};
 pub use error::AppError;
 pub use options::AppOptions;

@@ -1,12 +1,14 @@
 //! The `allsource` binary: parse the configuration, open the store, serve the API
 //! until SIGTERM or SIGINT, then finish the requests in flight and exit 0.
 
+use std::future::IntoFuture;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allsource_core::WalConfig;
-use allsource_server::{app_with, AppOptions, Config, EventStore, Subscriptions, Sync};
+use allsource_server::tls::TlsListener;
+use allsource_server::{app_with, Config, EventStore, Sync};
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -31,6 +33,13 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    let options = config.app_options()?;
+    // Streams never end on their own: the shutdown ends them.
+    let subscriptions = options.subscriptions.clone();
+    let tls_config = match config.tls_files() {
+        Some((cert, key)) => Some(allsource_server::tls::server_config(cert, key)?),
+        None => None,
+    };
     let store = Arc::new(open_store(&config)?);
     let mut signals = ShutdownSignals::install()?;
 
@@ -38,17 +47,32 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", config.addr))?;
     let local_addr = listener.local_addr().context("could not read the bound address")?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "listening on {local_addr}");
+    if !options.api_keys.is_empty() {
+        tracing::info!(
+            "API keys: {} configured; every route but {} needs one",
+            options.api_keys.len(),
+            allsource_server::auth::OPEN_PATHS.join(" and ")
+        );
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        tls = tls_config.is_some(),
+        "listening on {local_addr}"
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // Streams never end on their own: the shutdown ends them.
-    let subscriptions = Subscriptions::new(config.subscription_settings());
-    let options = AppOptions::default().with_subscriptions(subscriptions.clone());
-    let server = axum::serve(listener, app_with(store.clone(), options)).with_graceful_shutdown(async {
-        // A dropped sender (which cannot happen before a signal) also stops the server.
+    // A dropped sender (which cannot happen before a signal) also stops the server.
+    let stopped = async {
         let _ = stop_rx.await;
-    });
-    let mut server = tokio::spawn(async move { server.await });
+    };
+    let app = app_with(store.clone(), options);
+    let mut server = match tls_config {
+        None => tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future()),
+        Some(tls_config) => {
+            let listener = TlsListener::new(listener, tls_config).context("could not set up TLS")?;
+            tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
+        }
+    };
 
     tokio::select! {
         result = &mut server => {

@@ -1,6 +1,6 @@
 //! The router: every route of the contract, the fallbacks that give unknown routes and
-//! wrong methods our JSON error, and the layers around it all (body limit, panic
-//! catcher, request tracing).
+//! wrong methods our JSON error, and the layers around it all (request limits on the
+//! ordinary routes; body limit, API keys, panic catcher, request tracing on all).
 
 use std::any::Any;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use allsource_core::limits::REQUEST_BYTES_MAX;
 use allsource_core::{Error, EventStore};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -16,8 +17,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::AppError;
+use crate::limits::{self, Limits};
 use crate::options::AppOptions;
-use crate::{export, handlers, openapi, stream};
+use crate::{auth, export, handlers, openapi, stream};
 
 /// The whole HTTP API over `store` with the default [`AppOptions`], ready to serve or
 /// to drive in tests with `tower::ServiceExt::oneshot`.
@@ -27,11 +29,9 @@ pub fn app(store: Arc<EventStore>) -> Router {
 
 /// The whole HTTP API over `store`, set up as `options` says.
 pub fn app_with(store: Arc<EventStore>, options: AppOptions) -> Router {
-    Router::new()
-        .route("/health", get(handlers::health))
-        .route("/openapi.json", get(openapi::openapi_json))
-        // Subscriptions: long-lived responses with limits of their own.
-        .route(stream::STREAM_PATH, stream::route(store.clone(), options.subscriptions.clone()))
+    // The ordinary routes: each request is short, so they share the request slots
+    // and the time limit (`limits`).
+    let limited = Router::new()
         .route("/api/v1/events", post(handlers::append_event))
         .route("/api/v1/events/batch", post(handlers::append_batch))
         .route("/api/v1/events/query", get(handlers::query_events))
@@ -43,15 +43,33 @@ pub fn app_with(store: Arc<EventStore>, options: AppOptions) -> Router {
         .route("/api/v1/projections/{name}/{key}", get(handlers::projection_state))
         .route("/api/v1/export/parquet", get(export::export_parquet))
         .route("/api/v1/export/arrow", get(export::export_arrow))
+        .layer(from_fn_with_state(
+            Limits::new(options.concurrent_requests_max, options.request_timeout),
+            limits::limit,
+        ));
+    // Routes outside the request limits: the liveness probe, which must answer when
+    // the server is busy, and long-lived responses (subscriptions), which have limits
+    // of their own.
+    let router = Router::new()
+        .route("/health", get(handlers::health))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route(stream::STREAM_PATH, stream::route(store.clone(), options.subscriptions.clone()))
+        .merge(limited)
         // Must come after the routes: it is installed on each route present.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(store)
         // Our body extractors enforce the limit themselves; this covers any axum
         // extractor a future route might use.
-        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
-        .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX));
+    // Keys are checked before anything else runs, unknown routes included, so a client
+    // without a key learns nothing about the API (and takes no request slot).
+    let router = if options.api_keys.is_empty() {
+        router
+    } else {
+        router.layer(from_fn_with_state(options.api_keys.clone(), auth::require_key))
+    };
+    router.layer(CatchPanicLayer::custom(panic_response)).layer(TraceLayer::new_for_http())
 }
 
 async fn not_found(method: Method, uri: Uri) -> AppError {

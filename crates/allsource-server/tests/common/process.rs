@@ -55,7 +55,15 @@ impl Server {
 
     /// Like [`Server::attach`], for a server that may refuse to start: the server once
     /// it serves, or its exit status and its whole log (stderr) if it exits first.
-    pub fn try_attach(mut child: Child) -> Result<Server, (ExitStatus, String)> {
+    pub fn try_attach(child: Child) -> Result<Server, (ExitStatus, String)> {
+        let server = Server::try_attach_unchecked(child)?;
+        server.wait_until_healthy();
+        Ok(server)
+    }
+
+    /// Like [`Server::try_attach`], but returns once the address is logged, without
+    /// asking `GET /health` over plain HTTP (for a server that speaks TLS).
+    pub fn try_attach_unchecked(mut child: Child) -> Result<Server, (ExitStatus, String)> {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         // Drains the log for the whole life of the process, so it never blocks on a
@@ -103,9 +111,7 @@ impl Server {
             }
         };
         assert!(addr.ip().is_loopback(), "{addr}");
-        let server = Server { child: Mutex::new(child), addr, lines: Mutex::new(rx), startup_log };
-        server.wait_until_healthy();
-        Ok(server)
+        Ok(Server { child: Mutex::new(child), addr, lines: Mutex::new(rx), startup_log })
     }
 
     /// Polls `GET /health` a bounded number of times.
@@ -148,6 +154,22 @@ impl Server {
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => panic!("no log line with {needles:?} within {timeout:?}"),
                 Err(RecvTimeoutError::Disconnected) => panic!("the log ended without {needles:?}"),
+            }
+        }
+    }
+
+    /// Every log line not consumed yet, until the log ends (the process exits); panics
+    /// if it has not ended within `timeout`.
+    pub fn rest_of_log(&self, timeout: Duration) -> Vec<String> {
+        let lines = self.lines.lock().unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut rest = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(remaining) {
+                Ok(line) => rest.push(line),
+                Err(RecvTimeoutError::Disconnected) => return rest,
+                Err(RecvTimeoutError::Timeout) => panic!("the log did not end within {timeout:?}: {rest:#?}"),
             }
         }
     }
@@ -195,6 +217,10 @@ pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Child {
         .env_remove("ALLSOURCE_ADDR")
         .env_remove("ALLSOURCE_DATA_DIR")
         .env_remove("ALLSOURCE_IN_MEMORY")
+        .env_remove("ALLSOURCE_API_KEYS")
+        .env_remove("ALLSOURCE_API_KEYS_FILE")
+        .env_remove("ALLSOURCE_TLS_CERT")
+        .env_remove("ALLSOURCE_TLS_KEY")
         .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -255,8 +281,8 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8]) -> std::io::Result<Reply> {
     read_reply(&mut stream)
 }
 
-/// Reads one response from a `Connection: close` exchange.
-pub fn read_reply(stream: &mut TcpStream) -> std::io::Result<Reply> {
+/// Reads one response from a `Connection: close` exchange (over TCP, or TLS).
+pub fn read_reply(stream: &mut impl Read) -> std::io::Result<Reply> {
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     parse_reply(&raw)
