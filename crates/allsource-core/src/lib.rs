@@ -37,8 +37,8 @@ pub use allsource_core_types::{
     Result, Timestamp, Version,
 };
 pub use allsource_storage::{
-    DurableLog, HistogramSnapshot, Log, LogInfo, MemoryLog, RecoveryReport, SyncMode, Wal, WalConfig,
-    CHUNK_EVENTS_DEFAULT, SEGMENT_BYTES_MAX_DEFAULT,
+    DurableLog, HistogramSnapshot, Log, LogInfo, MemoryLog, Recovered, RecoveryReport, SyncMode, Wal,
+    WalConfig, CHUNK_EVENTS_DEFAULT, SEGMENT_BYTES_MAX_DEFAULT,
 };
 pub use commit::Ticket;
 pub use store::{Appended, BatchAppended, EntityState, EventStore, ExportFormat, QueryPage, Stats, ViewPage};

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use allsource_core::projection::Projection;
-use allsource_core::{Error, Event, EventStore, Log, LogInfo, Result};
+use allsource_core::{Error, Event, EventStore, Log, LogInfo, Recovered, Result};
 use axum::body::Body;
 use axum::http::Request;
 use common::inproc::InProcess;
@@ -105,8 +105,8 @@ impl Log for FailingLog {
         self.n_ok.store(left - 1, Ordering::SeqCst);
         Ok(())
     }
-    fn recover(&self) -> Result<Vec<Event>> {
-        Ok(Vec::new())
+    fn recover(&self) -> Result<Recovered> {
+        Ok(Recovered::default())
     }
     fn describe(&self) -> LogInfo {
         LogInfo { kind: "failing", durable: true, ..LogInfo::default() }
