@@ -61,15 +61,7 @@ pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         `id: <position>` and `data: <event>` (so a browser's `EventSource` resumes with \
         `Last-Event-ID`) and a marker is `event: caught_up|heartbeat|error` with its `StreamLine` as \
         `data:`.",
-    params(
-        ("entity_id" = Option<String>, Query, description = "Only this entity's events."),
-        ("event_type" = Option<String>, Query, description = "Only this type."),
-        ("after" = Option<u64>, Query, minimum = 0,
-            description = "Start after this position (default 0: from the first event)."),
-        ("Last-Event-ID" = Option<u64>, Header, minimum = 0,
-            description = "The last position received, as an `EventSource` sends it when it \
-                reconnects; wins over `after`."),
-    ),
+    params(StreamFilters, LastEventId),
     responses(
         (status = 200, description = "The stream (`Cache-Control: no-cache`, `Vary: accept`).",
             content(
@@ -356,7 +348,7 @@ pub(crate) mod schema {
         pub id: Option<String>,
         /// The entity's version the append requires (0: the entity has no events yet);
         /// absent or `null`: any. A mismatch is `409 ConcurrencyConflict`.
-        #[schema(minimum = 0)]
+        #[schema(minimum = 0, format = "uint64")]
         pub expected_version: Option<u64>,
     }
 
@@ -567,8 +559,34 @@ pub(crate) struct EventFilters {
     #[param(required = false, format = DateTime)]
     as_of: String,
     /// `position > after`: the paging cursor.
-    #[param(required = false, minimum = 0)]
+    #[param(required = false, minimum = 0, format = "uint64")]
     after: u64,
+}
+
+/// The filters of a subscription.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct StreamFilters {
+    /// Only this entity's events.
+    #[param(required = false, min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
+    entity_id: String,
+    /// Only this type.
+    #[param(required = false, min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1F\x7F-\x9F]*$")]
+    event_type: String,
+    /// Start after this position (default 0: from the first event).
+    #[param(required = false, minimum = 0, format = "uint64")]
+    after: u64,
+}
+
+/// The cursor a browser's `EventSource` sends when it reconnects.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct LastEventId {
+    /// The last position received (the `id:` of the last event); wins over `after`.
+    #[param(rename = "Last-Event-ID", required = false, minimum = 0, format = "uint64")]
+    last_event_id: u64,
 }
 
 /// The page size of a query.

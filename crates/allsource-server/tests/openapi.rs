@@ -254,6 +254,102 @@ fn responses_match_their_schemas() {
     check("/api/v1/export/parquet", Req::get("/api/v1/export/parquet"));
     check("/api/v1/export/arrow", Req::get("/api/v1/export/arrow?limit=1"));
     check("/openapi.json", Req::get("/openapi.json"));
+    check("/metrics", Req::get("/metrics"));
+    check("/api/v1/events/stream", Req::get("/api/v1/events/stream?limit=1"));
+}
+
+/// The first lines of a subscription (its stored events, then `caught_up`), in both
+/// encodings, against the documented `StreamLine`. Only the start is read: a stream
+/// never ends.
+#[test]
+fn stream_lines_match_their_schema() {
+    let doc = document();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let router = app(Arc::new(EventStore::new()));
+    let line_schema = json!({"$ref": "#/components/schemas/StreamLine"});
+    runtime.block_on(async {
+        let append = Request::post("/api/v1/events")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"event_type": "t", "entity_id": "e", "payload": {"a": 1}}"#))
+            .unwrap();
+        assert_eq!(router.clone().oneshot(append).await.unwrap().status(), 201);
+
+        for accept in ["application/x-ndjson", "text/event-stream"] {
+            let request = Request::get("/api/v1/events/stream?after=0")
+                .header("accept", accept)
+                .body(Body::empty())
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            let reply = Reply {
+                status: response.status().as_u16(),
+                headers: response
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                    .collect(),
+                body: Vec::new(),
+            };
+            conforms(&doc, "/api/v1/events/stream", "get", &reply, accept);
+            assert_eq!(reply.header("content-type"), Some(accept));
+            let text = read_until(response.into_body(), r#""type":"caught_up""#).await;
+            let lines: Vec<Value> = if accept == "application/x-ndjson" {
+                text.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+            } else {
+                // SSE: the `data:` of each message; an event's is the event itself.
+                text.split("\n\n")
+                    .filter(|message| !message.trim().is_empty())
+                    .map(|message| {
+                        let data = message.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                        let data: Value = serde_json::from_str(data).unwrap();
+                        if message.starts_with("id: ") {
+                            json!({"type": "event", "event": data})
+                        } else {
+                            data
+                        }
+                    })
+                    .collect()
+            };
+            assert_eq!(lines.len(), 2, "{accept}: {text}");
+            assert_eq!(lines[0]["type"], "event", "{accept}: {text}");
+            assert_eq!(lines[1]["type"], "caught_up", "{accept}: {text}");
+            for line in &lines {
+                let mut problems = Vec::new();
+                validate(&doc, &line_schema, line, "$", &mut problems);
+                assert!(
+                    problems.is_empty(),
+                    "{accept}: {line} does not match StreamLine:\n  {}",
+                    problems.join("\n  ")
+                );
+            }
+        }
+    });
+}
+
+/// The body's text up to and including the first line that contains `marker`; waits
+/// at most 10 s.
+async fn read_until(mut body: Body, marker: &str) -> String {
+    use axum::body::HttpBody;
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(at) = text.find(marker) {
+            if let Some(end) = text[at..].find('\n') {
+                let end = at + end + 1;
+                return text[..end].to_string();
+            }
+        }
+        let frame = tokio::time::timeout_at(
+            deadline,
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no {marker:?} within 10 s; so far: {text}"))
+        .expect("the stream ended")
+        .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
 }
 
 /// Asserts that `reply` is a documented response of `method path`, and that a JSON body
@@ -268,9 +364,9 @@ fn conforms(doc: &Value, path: &str, method: &str, reply: &Reply, target: &str) 
         response = resolve(doc, reference);
     }
     let content_type = reply.header("content-type").unwrap_or_default();
-    let media_type = content_type.split(';').next().unwrap_or_default().trim();
-    let content = &response["content"][media_type];
-    assert!(content.is_object(), "{what}: content type {content_type:?} is not documented: {response}");
+    let media_type = essence(content_type);
+    let content = documented_content(response, media_type)
+        .unwrap_or_else(|| panic!("{what}: content type {content_type:?} is not documented: {response}"));
     if media_type == "application/json" {
         let body: Value = serde_json::from_slice(&reply.body).unwrap();
         let mut problems = Vec::new();
@@ -283,13 +379,24 @@ fn conforms(doc: &Value, path: &str, method: &str, reply: &Reply, target: &str) 
     }
 }
 
+/// The documented content of `response` for `media_type` (documented media types may
+/// carry parameters: `text/plain; version=0.0.4`).
+fn documented_content<'a>(response: &'a Value, media_type: &str) -> Option<&'a Value> {
+    let contents = response["content"].as_object()?;
+    contents.iter().find(|(documented, _)| essence(documented) == media_type).map(|(_, content)| content)
+}
+
+fn essence(media_type: &str) -> &str {
+    media_type.split(';').next().unwrap_or_default().trim()
+}
+
 fn resolve<'a>(doc: &'a Value, reference: &str) -> &'a Value {
     let pointer = reference.strip_prefix('#').unwrap_or_else(|| panic!("not a local $ref: {reference}"));
     doc.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {reference}"))
 }
 
 /// A small JSON Schema check, for the keywords utoipa writes: `$ref`, `allOf`, `oneOf`,
-/// `type` (one or several), `properties`, `required`, `items`, `minimum`. Stricter than
+/// `type` (one or several), `properties`, `required`, `items`, `enum`, `minimum`. Stricter than
 /// JSON Schema in one way: an object whose schema lists properties may have no other
 /// field, so a field added to a response but not to its schema fails here.
 fn validate(doc: &Value, schema: &Value, value: &Value, at: &str, problems: &mut Vec<String>) {
@@ -327,6 +434,11 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str, problems: &mut
         if !ok {
             problems.push(format!("{at}: {value} is {actual}, the schema says {types:?}"));
             return;
+        }
+    }
+    if let Some(allowed) = schema["enum"].as_array() {
+        if !allowed.contains(value) {
+            problems.push(format!("{at}: {value} is not one of {allowed:?}"));
         }
     }
     if let (Some(minimum), Some(number)) = (schema["minimum"].as_f64(), value.as_f64()) {
