@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use allsource_core::{Error, Event, EventStore, Position, Query, QueryEventsRequest};
+use allsource_core::{Error, EventStore, EventView, Position, Query, QueryEventsRequest};
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, VARY};
@@ -530,12 +530,12 @@ impl Producer {
                 limit: Some(PAGE_EVENTS),
                 ..self.filters.clone()
             };
-            let page = self.store.query(request).map_err(Stop::Failed)?;
+            let page = self.store.query_views(request).map_err(Stop::Failed)?;
             let piece_bytes = self.settings.buffer_bytes.min(PIECE_BYTES_MAX);
             let mut piece = Vec::new();
             for event in &page.events {
-                encode_event(self.format, event, &mut piece).map_err(Stop::Failed)?;
-                self.cursor = event.position;
+                encode_event(self.format, event, &mut piece);
+                self.cursor = event.position();
                 self.events_sent += 1;
                 if piece.len() >= piece_bytes {
                     self.send(std::mem::take(&mut piece)).await?;
@@ -606,29 +606,23 @@ struct ErrorLine<'a> {
     message: &'a str,
 }
 
-/// `{"type":"event","event":{...}}` as NDJSON.
-#[derive(Serialize)]
-struct EventLine<'a> {
-    r#type: &'static str,
-    event: &'a Event,
-}
-
-fn encode_event(format: StreamFormat, event: &Event, out: &mut Vec<u8>) -> Result<(), Error> {
-    let failed =
-        |e: serde_json::Error| Error::Internal(format!("cannot serialize event {}: {e}", event.position));
+/// `{"type":"event","event":{...}}` as NDJSON, or `id:` and `data:` lines as SSE; the
+/// event's JSON is written from its view (sealed events' texts copied from their
+/// columns).
+fn encode_event(format: StreamFormat, event: &EventView, out: &mut Vec<u8>) {
     match format {
         StreamFormat::Ndjson => {
-            serde_json::to_writer(&mut *out, &EventLine { r#type: "event", event }).map_err(failed)?;
-            out.push(b'\n');
+            out.extend_from_slice(b"{\"type\":\"event\",\"event\":");
+            event.write_json(out);
+            out.extend_from_slice(b"}\n");
         }
         StreamFormat::Sse => {
             // Compact JSON has no raw line breaks, so it is one `data:` line.
-            out.extend_from_slice(format!("id: {}\ndata: ", event.position).as_bytes());
-            serde_json::to_writer(&mut *out, event).map_err(failed)?;
+            out.extend_from_slice(format!("id: {}\ndata: ", event.position()).as_bytes());
+            event.write_json(out);
             out.extend_from_slice(b"\n\n");
         }
     }
-    Ok(())
 }
 
 fn encode_marker(format: StreamFormat, line: &Line<'_>, out: &mut Vec<u8>) {
@@ -691,7 +685,7 @@ impl Drop for SubscriberBody {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use allsource_core::NewEvent;
+    use allsource_core::{Event, NewEvent};
     use serde_json::{json, Value};
 
     use super::*;
@@ -725,20 +719,23 @@ mod tests {
         }
     }
 
-    fn stored_event() -> Arc<Event> {
+    /// A stored event, and its view as the producer reads it.
+    fn stored_event() -> (Arc<Event>, EventView) {
         let store = EventStore::new();
         let new = NewEvent {
             metadata: Some(json!({"m": "line\nbreak"})),
             ..Event::new("t".into(), "e".into(), json!({"text": "a\nb"}))
         };
-        store.append(new).unwrap().event
+        let event = store.append(new).unwrap().event;
+        let view = store.get_event_view(event.id).unwrap();
+        (event, view)
     }
 
     #[test]
     fn ndjson_lines() {
-        let event = stored_event();
+        let (event, view) = stored_event();
         let mut out = Vec::new();
-        encode_event(StreamFormat::Ndjson, &event, &mut out).unwrap();
+        encode_event(StreamFormat::Ndjson, &view, &mut out);
         encode_marker(StreamFormat::Ndjson, &Line::CaughtUp { position: 7 }, &mut out);
         encode_marker(StreamFormat::Ndjson, &Line::Heartbeat { position: 8 }, &mut out);
         let error = Line::Error { error: ErrorLine { code: "SubscriberTooSlow", message: "m" } };
@@ -758,9 +755,9 @@ mod tests {
 
     #[test]
     fn sse_messages() {
-        let event = stored_event();
+        let (event, view) = stored_event();
         let mut out = Vec::new();
-        encode_event(StreamFormat::Sse, &event, &mut out).unwrap();
+        encode_event(StreamFormat::Sse, &view, &mut out);
         encode_marker(StreamFormat::Sse, &Line::CaughtUp { position: 1 }, &mut out);
         let text = String::from_utf8(out).unwrap();
         let messages: Vec<&str> = text.split_terminator("\n\n").collect();
