@@ -248,12 +248,12 @@ fn internal_error() -> Response {
 fn unavailable() -> Response {
     let mut response = error_response(
         "The server cannot take the request now: `StorageError` with `read_only: true` (after a \
-         storage failure the store refuses writes until it is restarted; reads go on), or the \
-         server is overloaded or the request timed out (then with `Retry-After`).",
+         storage failure the store refuses writes until it is restarted; reads go on), or \
+         `Overloaded`: every request slot is taken and nothing was done (with `Retry-After`).",
     );
     let retry_after = Header::builder()
         .schema(Some(Object::with_type(Type::Integer)))
-        .description(Some("Seconds to wait before trying again, when the server is overloaded."))
+        .description(Some("With `Overloaded`: seconds to wait before trying again."))
         .build();
     response.headers.insert("Retry-After".to_string(), RefOr::T(retry_after));
     response

@@ -258,6 +258,52 @@ fn responses_match_their_schemas() {
     check("/api/v1/events/stream", Req::get("/api/v1/events/stream?limit=1"));
 }
 
+/// The refusals of the API keys (`401`, `403`) against their documented responses.
+#[test]
+fn auth_errors_match_their_schemas() {
+    use allsource_server::{ApiKey, ApiKeys, AppOptions};
+    let doc = document();
+    let keys =
+        ApiKeys::new([ApiKey::parse("reader-key:read").unwrap(), ApiKey::parse("writer-key:write").unwrap()])
+            .unwrap();
+    let router =
+        allsource_server::app_with(Arc::new(EventStore::new()), AppOptions::default().with_api_keys(keys));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let send = |request: Request<Body>| -> Reply {
+        runtime.block_on(async {
+            let response = router.clone().oneshot(request).await.unwrap();
+            let status = response.status().as_u16();
+            let headers = response
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+                .collect();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap().to_vec();
+            Reply { status, headers, body }
+        })
+    };
+    let append = |key: &str| {
+        Request::post("/api/v1/events")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::from(r#"{"event_type": "t", "entity_id": "e", "payload": 1}"#))
+            .unwrap()
+    };
+
+    let reply = send(Request::get("/api/v1/stats").body(Body::empty()).unwrap());
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    conforms(&doc, "/api/v1/stats", "get", &reply, "/api/v1/stats without a key");
+    let reply = send(append("reader-key"));
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    conforms(&doc, "/api/v1/events", "post", &reply, "/api/v1/events with a read key");
+    let reply = send(append("writer-key"));
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    conforms(&doc, "/api/v1/events", "post", &reply, "/api/v1/events with a write key");
+    // The document itself is open.
+    let reply = send(Request::get("/openapi.json").body(Body::empty()).unwrap());
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
 /// The first lines of a subscription (its stored events, then `caught_up`), in both
 /// encodings, against the documented `StreamLine`. Only the start is read: a stream
 /// never ends.
