@@ -13,10 +13,15 @@
 //!   hand-written `Serialize` impls (`Timestamp`, `Json`) that a derive could not see.
 //!   The server's tests compare real responses with these schemas, field by field, so
 //!   they cannot drift apart unnoticed;
-//! - the query-string parameters shared by several endpoints;
-//! - [`SharedResponses`], a [`Modify`] that gives every operation the responses that
-//!   any request may get (`500`, and `503` when the server is overloaded), and every
-//!   `/api/` operation the optional bearer security and its `401`/`403`.
+//! - the descriptions of the two routes whose handlers are closures built elsewhere
+//!   (`GET /api/v1/events/stream`, `GET /metrics`), as attributes on empty functions;
+//! - the query-string and header parameters shared by several endpoints;
+//! - `SharedResponses`, a [`Modify`] that gives every operation the responses that any
+//!   request may get: `500` everywhere, `503`/`504` under the request limits, and on
+//!   every route the API keys guard the optional bearer security with its `401` (and
+//!   `403` for writes).
+//!
+//! `tests/openapi.rs` fails when a route is served but not documented (or the reverse).
 
 use axum::Json;
 use utoipa::openapi::path::{Operation, PathItem};
