@@ -126,8 +126,9 @@ async fn run_scenarios(
     if options.scenarios.contains(&Scenario::Baseline) {
         let server = ServerProcess::start_baseline(options.server_threads, load_dir).await?;
         eprintln!("load: {} against the baseline on {}", report::BASELINE, server.addr);
+        let cpu = CpuMeter::start(&server);
         let outcome = run_loop(server.addr, options, None, String::new(), append_call()).await;
-        rows.push(Row { name: report::BASELINE.to_string(), outcome: server.check(outcome) });
+        rows.push(Row { name: report::BASELINE.to_string(), outcome: server.check(outcome, cpu) });
     }
     let Some(binary) = binary else { return Ok((rows, None)) };
 
@@ -171,8 +172,9 @@ async fn run_scenarios(
             Scenario::EntityQuery | Scenario::State | Scenario::Snapshot => {
                 let name = row_names(scenario)[0];
                 eprintln!("load: {name}");
+                let cpu = CpuMeter::start(&server);
                 let outcome = read_scenario(addr, options, scenario).await;
-                rows.push(Row { name: name.to_string(), outcome: server.check(outcome) });
+                rows.push(Row { name: name.to_string(), outcome: server.check(outcome, cpu) });
             }
             Scenario::TypeQuery => {
                 for (name, event_type) in [
@@ -180,27 +182,31 @@ async fn run_scenarios(
                     (report::TYPE_QUERY_COMMON, bodies::LARGE_TYPE),
                 ] {
                     eprintln!("load: {name}");
+                    let cpu = CpuMeter::start(&server);
                     let outcome = type_query_scenario(addr, options, event_type).await;
-                    rows.push(Row { name: name.to_string(), outcome: server.check(outcome) });
+                    rows.push(Row { name: name.to_string(), outcome: server.check(outcome, cpu) });
                 }
             }
             Scenario::Append => {
                 eprintln!("load: {}", report::APPEND);
                 let note = format!("--sync {}", options.sync.name());
+                let cpu = CpuMeter::start(&server);
                 let outcome = run_loop(addr, options, None, note, append_call()).await;
-                rows.push(Row { name: report::APPEND.to_string(), outcome: server.check(outcome) });
+                rows.push(Row { name: report::APPEND.to_string(), outcome: server.check(outcome, cpu) });
             }
             Scenario::Batch => {
                 eprintln!("load: {}", report::BATCH);
                 let note = format!("--sync {}", options.sync.name());
+                let cpu = CpuMeter::start(&server);
                 let outcome = run_loop(addr, options, Some(BATCH_EVENTS), note, batch_call()).await;
-                rows.push(Row { name: report::BATCH.to_string(), outcome: server.check(outcome) });
+                rows.push(Row { name: report::BATCH.to_string(), outcome: server.check(outcome, cpu) });
             }
             Scenario::Subscribe => {
                 for (name, loaded) in [(report::SUBSCRIBE_IDLE, false), (report::SUBSCRIBE_LOADED, true)] {
                     eprintln!("load: {name}");
+                    let cpu = CpuMeter::start(&server);
                     let outcome = subscribe_scenario(addr, options, loaded).await;
-                    rows.push(Row { name: name.to_string(), outcome: server.check(outcome) });
+                    rows.push(Row { name: name.to_string(), outcome: server.check(outcome, cpu) });
                 }
             }
         }
@@ -268,6 +274,7 @@ async fn run_loop(
             first_error: stats.first_error,
             latency: Summary::of(&stats.latency),
             note,
+            cpu: None,
         }),
         Err(error) => Outcome::Failed(format!("{error:#}")),
     }
@@ -438,7 +445,7 @@ async fn subscribe(addr: SocketAddr, options: &Options, loaded: bool) -> Result<
     let _reader = AbortOnDrop(reader);
 
     // The subscription is live once the (empty) catch-up has ended.
-    let mut note = "NDJSON; from sending the append to reading the event".to_string();
+    let mut note = "NDJSON, append sent -> event read".to_string();
     match tokio::time::timeout(Duration::from_secs(5), delivered.recv()).await {
         Ok(Some(Delivery::CaughtUp)) => {}
         Ok(Some(Delivery::End(reason))) => return Ok(Outcome::Failed(reason)),
@@ -494,16 +501,23 @@ async fn subscribe(addr: SocketAddr, options: &Options, loaded: bool) -> Result<
     let n_probes = delays.len();
     let acks = Summary::of(&acks);
     note.push_str(&format!(
-        "; the append's own response p50 {:.0} µs; {n_before_ack} of {n_probes} delivered before the response",
-        acks.p50_us
+        "; the append's 201 p50 {:.0} µs; {:.0}% delivered before it",
+        acks.p50_us,
+        100.0 * n_before_ack as f64 / n_probes.max(1) as f64
     ));
     if let Some(background) = background {
         let stats = background.join().await.context("the background appends panicked")??;
         note.push_str(&format!(
-            "; meanwhile {background_connections} connections appended {} req/s ({} errors)",
+            "; {background_connections} connections appending {} req/s meanwhile",
             crate::text::format_rate(stats.calls_per_second()),
-            stats.errors
         ));
+        if stats.errors > 0 {
+            note.push_str(&format!(
+                " ({} errors, first: {})",
+                stats.errors,
+                stats.first_error.unwrap_or_default()
+            ));
+        }
     }
     drop(subscriber);
     Ok(Outcome::Measured(Measured {
@@ -514,6 +528,7 @@ async fn subscribe(addr: SocketAddr, options: &Options, loaded: bool) -> Result<
         first_error: None,
         latency: Summary::of(&delays),
         note,
+        cpu: None,
     }))
 }
 
@@ -641,10 +656,15 @@ impl ServerProcess {
         }
     }
 
-    /// `outcome`, or a failure that says the server died and shows its log.
-    fn check(&self, outcome: Outcome) -> Outcome {
+    /// `outcome` with the CPU both sides used since `cpu` started, or a failure with
+    /// the end of the server's log.
+    fn check(&self, outcome: Outcome, cpu: CpuMeter) -> Outcome {
         match outcome {
             Outcome::Failed(reason) => Outcome::Failed(format!("{reason}{}", self.log_tail())),
+            Outcome::Measured(mut measured) => {
+                measured.cpu = cpu.finish(self);
+                Outcome::Measured(measured)
+            }
             other => other,
         }
     }
@@ -667,6 +687,55 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// CPU time of the server and of this process from a start, read from `/proc` (Linux;
+/// elsewhere there is no reading).
+struct CpuMeter {
+    started: Instant,
+    server_seconds: Option<f64>,
+    client_seconds: Option<f64>,
+}
+
+impl CpuMeter {
+    fn start(server: &ServerProcess) -> CpuMeter {
+        CpuMeter {
+            started: Instant::now(),
+            server_seconds: cpu_seconds(&server.child.id().to_string()),
+            client_seconds: cpu_seconds("self"),
+        }
+    }
+
+    fn finish(self, server: &ServerProcess) -> Option<report::CpuShare> {
+        let wall = self.started.elapsed().as_secs_f64();
+        let server_seconds = cpu_seconds(&server.child.id().to_string())? - self.server_seconds?;
+        let client_seconds = cpu_seconds("self")? - self.client_seconds?;
+        (wall > 0.0).then(|| report::CpuShare {
+            server_cores: server_seconds / wall,
+            client_cores: client_seconds / wall,
+        })
+    }
+}
+
+/// User plus system CPU seconds of process `pid` (a number or `self`), all threads.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    /// Clock ticks per second of `/proc/*/stat`: `USER_HZ`, 100 on every Linux
+    /// architecture Rust targets.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_cpu_ticks(&stat)?;
+    Some(ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// utime + stime from the text of `/proc/PID/stat`: fields 14 and 15, counted after
+/// the command name in parentheses (which may itself hold spaces and parentheses).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after_name starts at field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// A loopback address with a port that was free a moment ago.
@@ -747,6 +816,17 @@ mod tests {
             assert_eq!(outcome, Outcome::Skipped("endpoint missing (404)".to_string()));
             drop(server);
         });
+    }
+
+    #[test]
+    fn cpu_ticks_from_proc_stat() {
+        let stat = "8092 (my (odd) cmd) R 8090 8090 12128 0 -1 4194304 128 0 0 0 250 31 0 0 20 0 1 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(281));
+        assert_eq!(parse_cpu_ticks("8092 (cat) R 1 2"), None);
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+        if cfg!(target_os = "linux") {
+            assert!(cpu_seconds("self").is_some());
+        }
     }
 
     #[test]

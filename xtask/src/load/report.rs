@@ -58,6 +58,18 @@ pub struct Measured {
     pub latency: Summary,
     /// What else to know about the figure.
     pub note: String,
+    /// CPU time the server and the load client used over the scenario (warm-up
+    /// included), in cores: 1.0 is one core busy the whole time.
+    pub cpu: Option<CpuShare>,
+}
+
+/// CPU used by each side of a scenario, in cores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuShare {
+    /// The server process.
+    pub server_cores: f64,
+    /// This process (the load client).
+    pub client_cores: f64,
 }
 
 impl Measured {
@@ -131,8 +143,20 @@ pub struct Check {
     pub note: String,
 }
 
-/// The targets, checked against `rows`; `preload` tells the store's size.
+/// The targets, checked against `rows`; `preload` tells the store's size. A
+/// target whose scenarios were not run is left out; one whose scenario failed or was
+/// skipped shows as "no result".
 pub fn checks(rows: &[Row], preload: Option<&Preload>) -> Vec<Check> {
+    let ran = |name: &str| rows.iter().any(|r| r.name == name);
+    all_checks(rows, preload)
+        .into_iter()
+        .filter(|(_, inputs)| inputs.iter().any(|name| ran(name)))
+        .map(|(check, _)| check)
+        .collect()
+}
+
+/// Every target with the rows it reads.
+fn all_checks(rows: &[Row], preload: Option<&Preload>) -> Vec<(Check, Vec<&'static str>)> {
     let find = |name: &str| rows.iter().find(|r| r.name == name).and_then(Row::measured);
     let no_result = |target: String, note: &str| Check {
         target,
@@ -144,34 +168,40 @@ pub fn checks(rows: &[Row], preload: Option<&Preload>) -> Vec<Check> {
 
     let target =
         format!("{APPEND} req/s >= {:.0}% of {BASELINE} req/s", APPEND_SHARE_OF_BASELINE_MIN * 100.0);
-    checks.push(match (find(APPEND), find(BASELINE)) {
-        (Some(append), Some(baseline)) => {
-            let share = append.calls_per_second() / baseline.calls_per_second();
-            Check {
-                target,
-                measured: format!("{:.1}%", share * 100.0),
-                met: Some(share >= APPEND_SHARE_OF_BASELINE_MIN),
-                note: format!(
-                    "{} vs {} req/s",
-                    format_rate(append.calls_per_second()),
-                    format_rate(baseline.calls_per_second())
-                ),
+    checks.push((
+        match (find(APPEND), find(BASELINE)) {
+            (Some(append), Some(baseline)) => {
+                let share = append.calls_per_second() / baseline.calls_per_second();
+                Check {
+                    target,
+                    measured: format!("{:.1}%", share * 100.0),
+                    met: Some(share >= APPEND_SHARE_OF_BASELINE_MIN),
+                    note: format!(
+                        "{} vs {} req/s",
+                        format_rate(append.calls_per_second()),
+                        format_rate(baseline.calls_per_second())
+                    ),
+                }
             }
-        }
-        (Some(_), None) => no_result(target, "no baseline in this run: add --baseline"),
-        _ => no_result(target, ""),
-    });
+            (Some(_), None) => no_result(target, "no baseline in this run: add --baseline"),
+            _ => no_result(target, ""),
+        },
+        vec![APPEND],
+    ));
 
     let target = format!("{BATCH} >= {} events/s", format_rate(BATCH_EVENTS_PER_SECOND_MIN));
-    checks.push(match find(BATCH).and_then(|b| b.events_per_second()) {
-        Some(rate) => Check {
-            target,
-            measured: format!("{} events/s", format_rate(rate)),
-            met: Some(rate >= BATCH_EVENTS_PER_SECOND_MIN),
-            note: String::new(),
+    checks.push((
+        match find(BATCH).and_then(|b| b.events_per_second()) {
+            Some(rate) => Check {
+                target,
+                measured: format!("{} events/s", format_rate(rate)),
+                met: Some(rate >= BATCH_EVENTS_PER_SECOND_MIN),
+                note: String::new(),
+            },
+            None => no_result(target, ""),
         },
-        None => no_result(target, ""),
-    });
+        vec![BATCH],
+    ));
 
     let store_note = match preload {
         Some(p) if p.n_events < READS_TARGET_EVENTS => {
@@ -186,34 +216,40 @@ pub fn checks(rows: &[Row], preload: Option<&Preload>) -> Vec<Check> {
     };
     for name in [ENTITY_QUERY, STATE, SNAPSHOT] {
         let target = format!("{name} >= {} req/s", format_rate(READS_PER_SECOND_MIN));
-        checks.push(match find(name) {
-            Some(read) => Check {
-                target,
-                measured: format!("{} req/s", format_rate(read.calls_per_second())),
-                met: Some(read.calls_per_second() >= READS_PER_SECOND_MIN),
-                note: store_note.clone(),
+        checks.push((
+            match find(name) {
+                Some(read) => Check {
+                    target,
+                    measured: format!("{} req/s", format_rate(read.calls_per_second())),
+                    met: Some(read.calls_per_second() >= READS_PER_SECOND_MIN),
+                    note: store_note.clone(),
+                },
+                None => no_result(target, ""),
             },
-            None => no_result(target, ""),
-        });
+            vec![name],
+        ));
     }
 
     let target = format!("{TYPE_QUERY_COMMON} req/s within {TYPE_QUERY_RATIO_MAX}x of {TYPE_QUERY_RARE}");
-    checks.push(match (find(TYPE_QUERY_COMMON), find(TYPE_QUERY_RARE)) {
-        (Some(common), Some(rare)) => {
-            let ratio = common.calls_per_second() / rare.calls_per_second();
-            Check {
-                target,
-                measured: format!("{ratio:.2}x"),
-                met: Some((1.0 / TYPE_QUERY_RATIO_MAX..=TYPE_QUERY_RATIO_MAX).contains(&ratio)),
-                note: format!(
-                    "p50 {} vs {}",
-                    format_microseconds(common.latency.p50_us),
-                    format_microseconds(rare.latency.p50_us)
-                ),
+    checks.push((
+        match (find(TYPE_QUERY_COMMON), find(TYPE_QUERY_RARE)) {
+            (Some(common), Some(rare)) => {
+                let ratio = common.calls_per_second() / rare.calls_per_second();
+                Check {
+                    target,
+                    measured: format!("{ratio:.2}x"),
+                    met: Some((1.0 / TYPE_QUERY_RATIO_MAX..=TYPE_QUERY_RATIO_MAX).contains(&ratio)),
+                    note: format!(
+                        "p50 {} vs {}",
+                        format_microseconds(common.latency.p50_us),
+                        format_microseconds(rare.latency.p50_us)
+                    ),
+                }
             }
-        }
-        _ => no_result(target, ""),
-    });
+            _ => no_result(target, ""),
+        },
+        vec![TYPE_QUERY_COMMON, TYPE_QUERY_RARE],
+    ));
     checks
 }
 
@@ -233,7 +269,7 @@ pub fn render_report(rows: &[Row], preload: Option<&Preload>, options: &Options,
         let _ = writeln!(out);
     }
     let dash = || "-".to_string();
-    let header = ["scenario", "req/s", "events/s", "p50", "p99", "p999", "errors", "note"];
+    let header = ["scenario", "req/s", "events/s", "p50", "p99", "p999", "errors", "cpu srv/cli", "note"];
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|row| match &row.outcome {
@@ -253,18 +289,19 @@ pub fn render_report(rows: &[Row], preload: Option<&Preload>, options: &Options,
                     format_microseconds(m.latency.p99_us),
                     format_microseconds(m.latency.p999_us),
                     m.errors.to_string(),
+                    m.cpu.map_or_else(dash, |c| format!("{:.2}/{:.2}", c.server_cores, c.client_cores)),
                     notes.join("; "),
                 ]
             }
             Outcome::Skipped(reason) => {
                 let mut cells = vec![row.name.clone()];
-                cells.extend(std::iter::repeat_with(dash).take(6));
+                cells.extend(std::iter::repeat_with(dash).take(7));
                 cells.push(format!("skipped: {reason}"));
                 cells
             }
             Outcome::Failed(reason) => {
                 let mut cells = vec![row.name.clone()];
-                cells.extend(std::iter::repeat_with(dash).take(6));
+                cells.extend(std::iter::repeat_with(dash).take(7));
                 cells.push(format!("FAILED: {}", truncate(reason, 200)));
                 cells
             }
@@ -303,7 +340,10 @@ pub fn render_report(rows: &[Row], preload: Option<&Preload>, options: &Options,
         "{} client worker threads. The load client and the server share this machine's {n_cores} cores,",
         options.client_threads
     );
-    let _ = writeln!(out, "so every figure is what both together reach, not the server alone.");
+    let _ = writeln!(
+        out,
+        "so every figure is what both together reach, not the server alone (`cpu srv/cli`: cores each used)."
+    );
     out
 }
 
@@ -323,6 +363,7 @@ pub fn to_json(
                 "calls_per_second": m.calls_per_second(), "events_per_call": m.events_per_call,
                 "events_per_second": m.events_per_second(), "errors": m.errors,
                 "first_error": m.first_error, "note": m.note,
+                "cpu_cores": m.cpu.map(|c| json!({"server": c.server_cores, "client": c.client_cores})),
                 "latency_us": {
                     "p50": m.latency.p50_us, "p99": m.latency.p99_us, "p999": m.latency.p999_us,
                     "max": m.latency.max_us, "mean": m.latency.mean_us,
@@ -403,6 +444,7 @@ mod tests {
                 first_error: None,
                 latency,
                 note: String::new(),
+                cpu: Some(CpuShare { server_cores: 1.25, client_cores: 0.5 }),
             }),
         }
     }
@@ -451,6 +493,13 @@ mod tests {
         assert!(checks[2].note.contains("on 100K events; the target is for 1M"), "{checks:?}");
         assert_eq!(checks[5].measured, "0.65x");
 
+        // A target whose scenario did not run is left out.
+        let only_reads: Vec<Row> =
+            rows.iter().filter(|r| r.name.starts_with("type_query")).cloned().collect();
+        let checks_of_reads = super::checks(&only_reads, Some(&preload));
+        assert_eq!(checks_of_reads.len(), 1, "{checks_of_reads:?}");
+        assert_eq!(checks_of_reads[0].met, Some(false));
+
         // Without a baseline the share cannot be computed, and the table says how to get it.
         let checks = super::checks(&rows[1..], Some(&preload));
         assert_eq!(checks[0].met, None);
@@ -462,11 +511,13 @@ mod tests {
         assert!(text.contains("FAILED: the server died"), "{text}");
         assert!(text.contains("2 of 5 targets met."), "{text}");
         assert!(text.contains("share this machine's 2 cores"), "{text}");
+        assert!(text.contains("1.25/0.50"), "{text}");
 
         let saved = to_json(&rows, Some(&preload), &options(), 2, 1_000);
         assert_eq!(saved["scenarios"][1]["calls_per_second"], 40_000.0);
         assert_eq!(saved["scenarios"][2]["events_per_second"], 29_900.0);
         assert_eq!(saved["scenarios"][5]["status"], "failed");
+        assert_eq!(saved["scenarios"][0]["cpu_cores"]["server"], 1.25);
         assert_eq!(saved["preload"]["events_per_second"], 200_000.0);
         assert_eq!(saved["checks"].as_array().unwrap().len(), 6);
     }
