@@ -695,6 +695,7 @@ struct CpuMeter {
     started: Instant,
     server_seconds: Option<f64>,
     client_seconds: Option<f64>,
+    machine_seconds: Option<f64>,
 }
 
 impl CpuMeter {
@@ -703,6 +704,7 @@ impl CpuMeter {
             started: Instant::now(),
             server_seconds: cpu_seconds(&server.child.id().to_string()),
             client_seconds: cpu_seconds("self"),
+            machine_seconds: machine_busy_seconds(),
         }
     }
 
@@ -710,18 +712,42 @@ impl CpuMeter {
         let wall = self.started.elapsed().as_secs_f64();
         let server_seconds = cpu_seconds(&server.child.id().to_string())? - self.server_seconds?;
         let client_seconds = cpu_seconds("self")? - self.client_seconds?;
+        let machine_seconds = machine_busy_seconds()? - self.machine_seconds?;
         (wall > 0.0).then(|| report::CpuShare {
             server_cores: server_seconds / wall,
             client_cores: client_seconds / wall,
+            other_cores: (machine_seconds - server_seconds - client_seconds).max(0.0) / wall,
         })
     }
 }
 
+/// Clock ticks per second of `/proc/*/stat` and `/proc/stat`: `USER_HZ`, 100 on every
+/// Linux architecture Rust targets.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// CPU seconds every core of the machine has spent busy (not idle, not waiting for I/O)
+/// since boot, from the first line of `/proc/stat`.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_busy_ticks(stat.lines().next()?).map(|ticks| ticks as f64 / TICKS_PER_SECOND)
+}
+
+/// Busy ticks from `/proc/stat`'s `cpu` line: every field but idle (4th) and iowait
+/// (5th); guest time is already inside user time, so fields 9 and 10 are left out.
+fn parse_machine_busy_ticks(cpu_line: &str) -> Option<u64> {
+    let mut fields = cpu_line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let ticks: Vec<u64> = fields.map(|f| f.parse().ok()).collect::<Option<Vec<u64>>>()?;
+    if ticks.len() < 8 {
+        return None;
+    }
+    Some(ticks[..8].iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum())
+}
+
 /// User plus system CPU seconds of process `pid` (a number or `self`), all threads.
 fn cpu_seconds(pid: &str) -> Option<f64> {
-    /// Clock ticks per second of `/proc/*/stat`: `USER_HZ`, 100 on every Linux
-    /// architecture Rust targets.
-    const TICKS_PER_SECOND: f64 = 100.0;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let ticks = parse_cpu_ticks(&stat)?;
     Some(ticks as f64 / TICKS_PER_SECOND)
@@ -824,8 +850,13 @@ mod tests {
         assert_eq!(parse_cpu_ticks(stat), Some(281));
         assert_eq!(parse_cpu_ticks("8092 (cat) R 1 2"), None);
         assert_eq!(parse_cpu_ticks("garbage"), None);
+        let line = "cpu  100 5 20 1000 50 1 2 3 7 0";
+        assert_eq!(parse_machine_busy_ticks(line), Some(100 + 5 + 20 + 1 + 2 + 3));
+        assert_eq!(parse_machine_busy_ticks("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(parse_machine_busy_ticks("cpu 1 2 3"), None);
         if cfg!(target_os = "linux") {
             assert!(cpu_seconds("self").is_some());
+            assert!(machine_busy_seconds().is_some());
         }
     }
 

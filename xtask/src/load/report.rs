@@ -70,6 +70,8 @@ pub struct CpuShare {
     pub server_cores: f64,
     /// This process (the load client).
     pub client_cores: f64,
+    /// Every other process on the machine: what the two did not get.
+    pub other_cores: f64,
 }
 
 impl Measured {
@@ -269,7 +271,8 @@ pub fn render_report(rows: &[Row], preload: Option<&Preload>, options: &Options,
         let _ = writeln!(out);
     }
     let dash = || "-".to_string();
-    let header = ["scenario", "req/s", "events/s", "p50", "p99", "p999", "errors", "cpu srv/cli", "note"];
+    let header =
+        ["scenario", "req/s", "events/s", "p50", "p99", "p999", "errors", "cpu srv/cli/other", "note"];
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|row| match &row.outcome {
@@ -289,7 +292,9 @@ pub fn render_report(rows: &[Row], preload: Option<&Preload>, options: &Options,
                     format_microseconds(m.latency.p99_us),
                     format_microseconds(m.latency.p999_us),
                     m.errors.to_string(),
-                    m.cpu.map_or_else(dash, |c| format!("{:.2}/{:.2}", c.server_cores, c.client_cores)),
+                    m.cpu.map_or_else(dash, |c| {
+                        format!("{:.2}/{:.2}/{:.2}", c.server_cores, c.client_cores, c.other_cores)
+                    }),
                     notes.join("; "),
                 ]
             }
@@ -342,7 +347,8 @@ pub fn render_report(rows: &[Row], preload: Option<&Preload>, options: &Options,
     );
     let _ = writeln!(
         out,
-        "so every figure is what both together reach, not the server alone (`cpu srv/cli`: cores each used)."
+        "so every figure is what both together reach, not the server alone. `cpu srv/cli/other`: the cores\n\
+         the server, the client and every other process used during the scenario (other > 0: a busy machine)."
     );
     out
 }
@@ -363,7 +369,9 @@ pub fn to_json(
                 "calls_per_second": m.calls_per_second(), "events_per_call": m.events_per_call,
                 "events_per_second": m.events_per_second(), "errors": m.errors,
                 "first_error": m.first_error, "note": m.note,
-                "cpu_cores": m.cpu.map(|c| json!({"server": c.server_cores, "client": c.client_cores})),
+                "cpu_cores": m.cpu.map(|c| json!({
+                    "server": c.server_cores, "client": c.client_cores, "other": c.other_cores,
+                })),
                 "latency_us": {
                     "p50": m.latency.p50_us, "p99": m.latency.p99_us, "p999": m.latency.p999_us,
                     "max": m.latency.max_us, "mean": m.latency.mean_us,
@@ -444,7 +452,7 @@ mod tests {
                 first_error: None,
                 latency,
                 note: String::new(),
-                cpu: Some(CpuShare { server_cores: 1.25, client_cores: 0.5 }),
+                cpu: Some(CpuShare { server_cores: 1.25, client_cores: 0.5, other_cores: 0.0 }),
             }),
         }
     }
@@ -511,7 +519,7 @@ mod tests {
         assert!(text.contains("FAILED: the server died"), "{text}");
         assert!(text.contains("2 of 5 targets met."), "{text}");
         assert!(text.contains("share this machine's 2 cores"), "{text}");
-        assert!(text.contains("1.25/0.50"), "{text}");
+        assert!(text.contains("1.25/0.50/0.00"), "{text}");
 
         let saved = to_json(&rows, Some(&preload), &options(), 2, 1_000);
         assert_eq!(saved["scenarios"][1]["calls_per_second"], 40_000.0);
