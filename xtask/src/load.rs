@@ -128,7 +128,7 @@ async fn run_scenarios(
         eprintln!("load: {} against the baseline on {}", report::BASELINE, server.addr);
         let cpu = CpuMeter::start(&server);
         let outcome = run_loop(server.addr, options, None, String::new(), append_call()).await;
-        rows.push(Row { name: report::BASELINE.to_string(), outcome: server.check(outcome, cpu) });
+        rows.push(Row { name: report::BASELINE.to_string(), outcome: server.check(outcome, &cpu) });
     }
     let Some(binary) = binary else { return Ok((rows, None)) };
 
@@ -174,39 +174,45 @@ async fn run_scenarios(
                 eprintln!("load: {name}");
                 let cpu = CpuMeter::start(&server);
                 let outcome = read_scenario(addr, options, scenario).await;
-                rows.push(Row { name: name.to_string(), outcome: server.check(outcome, cpu) });
+                rows.push(Row { name: name.to_string(), outcome: server.check(outcome, &cpu) });
             }
             Scenario::TypeQuery => {
-                for (name, event_type) in [
-                    (report::TYPE_QUERY_RARE, bodies::SMALL_TYPE),
-                    (report::TYPE_QUERY_COMMON, bodies::LARGE_TYPE),
-                ] {
-                    eprintln!("load: {name}");
-                    let cpu = CpuMeter::start(&server);
-                    let outcome = type_query_scenario(addr, options, event_type).await;
-                    rows.push(Row { name: name.to_string(), outcome: server.check(outcome, cpu) });
-                }
+                eprintln!(
+                    "load: {} and {}, taking turns",
+                    report::TYPE_QUERY_RARE,
+                    report::TYPE_QUERY_COMMON
+                );
+                let cpu = CpuMeter::start(&server);
+                let [rare, common] = type_query_scenarios(addr, options).await;
+                rows.push(Row {
+                    name: report::TYPE_QUERY_RARE.to_string(),
+                    outcome: server.check(rare, &cpu),
+                });
+                rows.push(Row {
+                    name: report::TYPE_QUERY_COMMON.to_string(),
+                    outcome: server.check(common, &cpu),
+                });
             }
             Scenario::Append => {
                 eprintln!("load: {}", report::APPEND);
                 let note = format!("--sync {}", options.sync.name());
                 let cpu = CpuMeter::start(&server);
                 let outcome = run_loop(addr, options, None, note, append_call()).await;
-                rows.push(Row { name: report::APPEND.to_string(), outcome: server.check(outcome, cpu) });
+                rows.push(Row { name: report::APPEND.to_string(), outcome: server.check(outcome, &cpu) });
             }
             Scenario::Batch => {
                 eprintln!("load: {}", report::BATCH);
                 let note = format!("--sync {}", options.sync.name());
                 let cpu = CpuMeter::start(&server);
                 let outcome = run_loop(addr, options, Some(BATCH_EVENTS), note, batch_call()).await;
-                rows.push(Row { name: report::BATCH.to_string(), outcome: server.check(outcome, cpu) });
+                rows.push(Row { name: report::BATCH.to_string(), outcome: server.check(outcome, &cpu) });
             }
             Scenario::Subscribe => {
                 for (name, loaded) in [(report::SUBSCRIBE_IDLE, false), (report::SUBSCRIBE_LOADED, true)] {
                     eprintln!("load: {name}");
                     let cpu = CpuMeter::start(&server);
                     let outcome = subscribe_scenario(addr, options, loaded).await;
-                    rows.push(Row { name: name.to_string(), outcome: server.check(outcome, cpu) });
+                    rows.push(Row { name: name.to_string(), outcome: server.check(outcome, &cpu) });
                 }
             }
         }
@@ -360,28 +366,69 @@ async fn read_scenario(addr: SocketAddr, options: &Options, scenario: Scenario) 
     run_loop(addr, options, None, note, make_call).await
 }
 
-/// Type queries, `limit=10`, after a random position, on `event_type`.
-async fn type_query_scenario(addr: SocketAddr, options: &Options, event_type: &'static str) -> Outcome {
-    let n_of_type = bodies::n_of_type(event_type, options.n_events);
-    let expected = n_of_type.min(bodies::TYPE_QUERY_LIMIT);
-    let checked = async {
-        let mut connection = Connection::open(addr).await?;
+/// How many turns each type query takes: the two take turns, so that both meet the
+/// same conditions on a shared machine and only the type's size differs.
+const TYPE_QUERY_TURNS: u32 = 5;
+
+/// Type queries, `limit=10`, after a random position, on the rare and on the common
+/// type, in [`TYPE_QUERY_TURNS`] alternating turns that add up to `--duration` each.
+async fn type_query_scenarios(addr: SocketAddr, options: &Options) -> [Outcome; 2] {
+    let types = [bodies::SMALL_TYPE, bodies::LARGE_TYPE];
+    match type_queries(addr, options, types).await {
+        Ok(outcomes) => outcomes,
+        Err(error) => [Outcome::Failed(format!("{error:#}")), Outcome::Failed(format!("{error:#}"))],
+    }
+}
+
+async fn type_queries(addr: SocketAddr, options: &Options, types: [&'static str; 2]) -> Result<[Outcome; 2]> {
+    let mut connection = Connection::open(addr).await?;
+    for event_type in types {
+        let expected = bodies::n_of_type(event_type, options.n_events).min(bodies::TYPE_QUERY_LIMIT);
         let answer = get_json(&mut connection, bodies::type_query_path(event_type, 0)).await?;
         if answer["count"].as_u64() != Some(expected) {
             bail!("a type query for {expected} events of {event_type} answered {answer}");
         }
-        Ok(())
-    };
-    if let Err(error) = checked.await {
-        return Outcome::Failed(format!("{error:#}"));
     }
+    drop(connection);
     // Cursors in the first 90% of the log, so that the rare type still has 10 events after them.
     let after_max = (options.n_events / 10 * 9).max(1);
-    let make_call: Arc<MakeCall> = Arc::new(move |_, _, rng: &mut Rng| {
-        Call::get(bodies::type_query_path(event_type, rng.below(after_max)))
-    });
-    let note = format!("{n_of_type} events of the type; random `after`");
-    run_loop(addr, options, None, note, make_call).await
+    let turn = LoopPlan {
+        connections: options.connections,
+        warmup: Duration::from_millis(200).min(options.duration / 10),
+        measure: options.duration / TYPE_QUERY_TURNS,
+        calls_per_connection_max: client::CALLS_PER_CONNECTION_MAX,
+    };
+    let mut totals: [Option<client::LoopStats>; 2] = [None, None];
+    for _ in 0..TYPE_QUERY_TURNS {
+        for (total, event_type) in totals.iter_mut().zip(types) {
+            let make_call: Arc<MakeCall> = Arc::new(move |_, _, rng: &mut Rng| {
+                Call::get(bodies::type_query_path(event_type, rng.below(after_max)))
+            });
+            let stats = closed_loop(addr, turn, make_call).await?;
+            match total {
+                Some(total) => total.merge(stats)?,
+                None => *total = Some(stats),
+            }
+        }
+    }
+    let outcome = |stats: Option<client::LoopStats>, event_type: &str| match stats {
+        Some(stats) => Outcome::Measured(Measured {
+            calls: stats.calls,
+            seconds: stats.seconds,
+            events_per_call: None,
+            errors: stats.errors,
+            first_error: stats.first_error,
+            latency: Summary::of(&stats.latency),
+            note: format!(
+                "{} events of the type; random `after`; {TYPE_QUERY_TURNS} turns each",
+                bodies::n_of_type(event_type, options.n_events)
+            ),
+            cpu: None,
+        }),
+        None => Outcome::Failed("no turn ran".to_string()),
+    };
+    let [rare, common] = totals;
+    Ok([outcome(rare, types[0]), outcome(common, types[1])])
 }
 
 /// What the subscriber's reader hands to the prober.
@@ -658,7 +705,7 @@ impl ServerProcess {
 
     /// `outcome` with the CPU both sides used since `cpu` started, or a failure with
     /// the end of the server's log.
-    fn check(&self, outcome: Outcome, cpu: CpuMeter) -> Outcome {
+    fn check(&self, outcome: Outcome, cpu: &CpuMeter) -> Outcome {
         match outcome {
             Outcome::Failed(reason) => Outcome::Failed(format!("{reason}{}", self.log_tail())),
             Outcome::Measured(mut measured) => {
@@ -708,7 +755,7 @@ impl CpuMeter {
         }
     }
 
-    fn finish(self, server: &ServerProcess) -> Option<report::CpuShare> {
+    fn finish(&self, server: &ServerProcess) -> Option<report::CpuShare> {
         let wall = self.started.elapsed().as_secs_f64();
         let server_seconds = cpu_seconds(&server.child.id().to_string())? - self.server_seconds?;
         let client_seconds = cpu_seconds("self")? - self.client_seconds?;

@@ -229,6 +229,17 @@ pub struct LoopStats {
 }
 
 impl LoopStats {
+    /// Adds what `other` measured to this: another turn (its window adds to ours) or
+    /// another connection of the same window (with `seconds` 0).
+    pub fn merge(&mut self, other: LoopStats) -> Result<()> {
+        self.calls += other.calls;
+        self.seconds += other.seconds;
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.latency.add(&other.latency).map_err(|e| anyhow!("merging histograms: {e}"))?;
+        Ok(())
+    }
+
     /// Counted requests per second.
     pub fn calls_per_second(&self) -> f64 {
         if self.seconds > 0.0 {
@@ -271,12 +282,8 @@ pub async fn closed_loop(addr: SocketAddr, plan: LoopPlan, make_call: Arc<MakeCa
     let mut failure = None;
     while let Some(joined) = loops.join_next().await {
         match joined {
-            Ok(Ok(stats)) => {
-                total.calls += stats.calls;
-                total.errors += stats.errors;
-                total.first_error = total.first_error.or(stats.first_error);
-                total.latency.add(&stats.latency).map_err(|e| anyhow!("merging histograms: {e}"))?;
-            }
+            // Same window: the connection's `seconds` is 0, the window's stays.
+            Ok(Ok(stats)) => total.merge(stats)?,
             Ok(Err(error)) => {
                 failure.get_or_insert(error);
                 // One broken connection means a broken run: stop the others now.
@@ -387,6 +394,22 @@ mod tests {
         record(&mut histogram, Duration::ZERO);
         record(&mut histogram, Duration::from_secs(7_200));
         assert_eq!(histogram.len(), 2);
+    }
+
+    #[test]
+    fn turns_merge() {
+        let stats = |calls, seconds, first_error: Option<&str>, us: u64| {
+            let mut latency = new_histogram().unwrap();
+            record(&mut latency, Duration::from_micros(us));
+            LoopStats { calls, errors: 1, first_error: first_error.map(str::to_string), seconds, latency }
+        };
+        let mut total = stats(10, 2.0, None, 100);
+        total.merge(stats(30, 2.0, Some("404"), 300)).unwrap();
+        total.merge(stats(0, 0.0, Some("500"), 200)).unwrap();
+        assert_eq!((total.calls, total.errors, total.seconds), (40, 3, 4.0));
+        assert_eq!(total.calls_per_second(), 10.0);
+        assert_eq!(total.first_error.as_deref(), Some("404"));
+        assert_eq!(total.latency.len(), 3);
     }
 
     #[test]
