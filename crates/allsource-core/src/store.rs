@@ -250,7 +250,7 @@ impl Drop for EventStore {
 impl EventStore {
     /// An empty store that keeps its events in memory only.
     pub fn new() -> EventStore {
-        let inner = Inner::new(Box::new(MemoryLog::default()), false);
+        let inner = Inner::new(Box::new(MemoryLog::default()), false, 0);
         EventStore { inner: Arc::new(inner), threads: Vec::new() }
     }
 
@@ -260,7 +260,7 @@ impl EventStore {
     pub fn open(log: Box<dyn Log>) -> Result<EventStore> {
         let group_commit = log.describe().durable;
         let recovered = log.recover()?;
-        let inner = Arc::new(Inner::new(log, group_commit));
+        let inner = Arc::new(Inner::new(log, group_commit, recovered.len()));
         let checkpoint = inner.log.read_checkpoint();
         let checkpointed = inner.recover(recovered, checkpoint)?;
         let mut store = EventStore { inner, threads: Vec::new() };
@@ -294,8 +294,11 @@ impl EventStore {
     /// log after them (cutting a torn tail, refusing corruption), rebuilds indexes and
     /// projections, and starts the commit threads.
     pub fn open_dir(data_dir: &std::path::Path, config: WalConfig) -> Result<(EventStore, RecoveryReport)> {
-        let (log, report) = DurableLog::open_dir(data_dir, config)?;
-        Ok((EventStore::open(Box::new(log))?, report))
+        let (log, mut report) = DurableLog::open_dir(data_dir, config)?;
+        let started = std::time::Instant::now();
+        let store = EventStore::open(Box::new(log))?;
+        report.rebuild_time = started.elapsed();
+        Ok((store, report))
     }
 
     /// Appends one event and returns it as stored: the seed's name for [`EventStore::append`].
@@ -366,7 +369,8 @@ impl EventStore {
 }
 
 impl Inner {
-    fn new(log: Box<dyn Log>, group_commit: bool) -> Inner {
+    /// `events`: how many events the log recovered, to size the id index once.
+    fn new(log: Box<dyn Log>, group_commit: bool, events: usize) -> Inner {
         Inner {
             log,
             sequencer: Mutex::new(Sequencer {
@@ -380,7 +384,7 @@ impl Inner {
             table: EventTable::default(),
             entities: PositionIndex::default(),
             event_types: PositionIndex::default(),
-            ids: IdIndex::default(),
+            ids: IdIndex::with_capacity(events),
             projections: ProjectionRegistry::default(),
             apply_lock: Mutex::new(()),
             ingested: AtomicU64::new(0),
@@ -432,21 +436,39 @@ impl Inner {
             versions.insert(entity_id.clone(), version);
             Ok(entity_id)
         };
-        for columns in &recovered.sealed {
-            let types =
-                columns.event_type_values().map(&mut intern_type).collect::<Result<Vec<EventType>>>()?;
-            for row in 0..columns.len() {
-                let position = columns.position(row);
-                let entity_id =
-                    check(position, columns.entity_id(row), columns.version(row), columns.timestamp(row))?;
-                let event_type = types.get(columns.event_type_key(row)).cloned().ok_or_else(|| {
-                    Error::Internal(format!("recovered position {position}: no event type"))
-                })?;
-                self.ids.insert(columns.id(row), position);
-                self.entities.push(entity_id, position);
-                self.event_types.push(event_type, position);
+        // The id index is built on another thread meanwhile: it needs no check.
+        std::thread::scope(|scope| -> Result<()> {
+            scope.spawn(|| {
+                for columns in &recovered.sealed {
+                    for row in 0..columns.len() {
+                        self.ids.insert(columns.id(row), columns.position(row));
+                    }
+                }
+            });
+            for columns in &recovered.sealed {
+                let types =
+                    columns.event_type_values().map(&mut intern_type).collect::<Result<Vec<EventType>>>()?;
+                let mut by_type: Vec<Vec<Position>> = vec![Vec::new(); types.len()];
+                for row in 0..columns.len() {
+                    let position = columns.position(row);
+                    let entity_id = check(
+                        position,
+                        columns.entity_id(row),
+                        columns.version(row),
+                        columns.timestamp(row),
+                    )?;
+                    let of_type = by_type.get_mut(columns.event_type_key(row)).ok_or_else(|| {
+                        Error::Internal(format!("recovered position {position}: no event type"))
+                    })?;
+                    of_type.push(position);
+                    self.entities.push(entity_id, position);
+                }
+                for (event_type, positions) in types.into_iter().zip(by_type) {
+                    self.event_types.extend(event_type, &positions);
+                }
             }
-        }
+            Ok(())
+        })?;
         for event in recovered.tail {
             let entity_id = check(event.position, event.entity_id.as_str(), event.version, event.timestamp)?;
             let event_type = intern_type(event.event_type.as_str())?;

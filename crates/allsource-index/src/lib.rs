@@ -93,6 +93,16 @@ impl<K: Eq + Hash> PositionIndex<K> {
         list.push(position);
     }
 
+    /// [`PositionIndex::push`] of several positions of `key`, in increasing order.
+    pub fn extend(&self, key: K, positions: &[Position]) {
+        if positions.is_empty() {
+            return;
+        }
+        let mut list = self.lists.entry(key).or_default();
+        debug_assert!(list.last().is_none_or(|&last| last < positions[0]), "positions pushed out of order");
+        list.extend_from_slice(positions);
+    }
+
     /// The positions of `key` within `range`, in increasing order, at most `limit`.
     pub fn select<Q>(&self, key: &Q, range: PositionRange, limit: usize) -> Vec<Position>
     where
@@ -158,6 +168,11 @@ pub struct IdIndex {
 }
 
 impl IdIndex {
+    /// An empty index with room for `capacity` ids (a restart knows how many come).
+    pub fn with_capacity(capacity: usize) -> IdIndex {
+        IdIndex { positions: DashMap::with_capacity_and_hasher(capacity, RandomState::default()) }
+    }
+
     /// Records that the event `id` is at `position`; returns the position already
     /// recorded for `id`, if any, leaving it in place.
     pub fn insert(&self, id: Uuid, position: Position) -> Option<Position> {

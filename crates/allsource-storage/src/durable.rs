@@ -46,12 +46,17 @@ impl DurableLog {
         config: WalConfig,
     ) -> Result<(DurableLog, RecoveryReport), Error> {
         create_dir_durably(fs.as_ref(), data_dir)?;
+        let started = std::time::Instant::now();
         let (archive, sealed, base) = Archive::open(fs.clone(), data_dir)?;
+        let chunks_load_time = started.elapsed();
+        let started = std::time::Instant::now();
         let chunks = archive.chunks().len() as u64;
         let archived_events = sealed.iter().map(|c| c.len() as u64).sum::<u64>();
         let chunk_events = config.chunk_events.max(1);
         let (wal, mut report) = Wal::open_after(fs, &data_dir.join(WAL_DIR), config, base)?;
         let tail = wal.take_recovered();
+        report.wal_read_time = started.elapsed();
+        report.chunks_load_time = chunks_load_time;
         report.chunks = chunks;
         report.archived_events = archived_events;
         report.events = archived_events + tail.len() as u64;

@@ -139,6 +139,13 @@ pub struct RecoveryReport {
     pub chunks: u64,
     /// Events loaded from sealed chunks.
     pub archived_events: u64,
+    /// Time spent loading the sealed chunks (reading, checking, decoding them).
+    pub chunks_load_time: std::time::Duration,
+    /// Time spent reading the WAL.
+    pub wal_read_time: std::time::Duration,
+    /// Time the engine spent rebuilding its tables, indexes and projections from them
+    /// (set by the engine; zero from the storage layer).
+    pub rebuild_time: std::time::Duration,
     /// The kept segments: first position and size.
     kept_segments: Vec<(Position, u64)>,
     /// The last position in the WAL, sealed or not (`None`: no segment).
