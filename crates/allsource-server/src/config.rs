@@ -49,6 +49,11 @@ pub struct Config {
     #[arg(long, env = "ALLSOURCE_SYNC", value_enum, default_value_t = Sync::Always)]
     pub sync: Sync,
 
+    /// How log lines are written to stderr: `text` for people, `json` for log
+    /// collectors (one object a line, with the request span's fields).
+    #[arg(long, env = "ALLSOURCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// An API key and what it may do, as KEY:ROLE; ROLE is `read` or `write` (which
     /// can also read). Repeatable; the environment variable takes a comma-separated
     /// list. With any key set (here or in --api-keys-file), every route but /health
@@ -265,6 +270,15 @@ impl From<Sync> for allsource_core::SyncMode {
     }
 }
 
+/// How log lines are written; see `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event, its span's fields before it.
+    Text,
+    /// One JSON object per event: `timestamp`, `level`, `fields`, `target`, `span`.
+    Json,
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -292,6 +306,15 @@ mod tests {
         let config = Config::try_parse_from(["allsource", "--sync", "none"]).unwrap();
         assert_eq!(config.sync, Sync::None);
         assert!(Config::try_parse_from(["allsource", "--sync", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn log_format() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["allsource"], args].concat());
+        assert_eq!(parse(&[]).unwrap().log_format, LogFormat::Text);
+        assert_eq!(parse(&["--log-format", "json"]).unwrap().log_format, LogFormat::Json);
+        assert_eq!(parse(&["--log-format", "text"]).unwrap().log_format, LogFormat::Text);
+        assert!(parse(&["--log-format", "xml"]).is_err());
     }
 
     #[test]

@@ -163,6 +163,8 @@ impl IntoResponse for AppError {
             }
             _ => {}
         }
+        // For the metrics: appends are counted by outcome, which is this code.
+        response.extensions_mut().insert(crate::metrics::ErrorCode(self.code()));
         response
     }
 }

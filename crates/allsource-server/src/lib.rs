@@ -29,8 +29,9 @@
 //! engine's types), `handlers` (thin: extract, call the engine, map the result),
 //! `export` (Parquet and Arrow exports, streamed from a blocking thread), `routes`
 //! (the router and its layers), [`auth`] (API keys), [`limits`] (request slots and
-//! time limits), [`tls`] (serving over TLS with rustls) and `stream` (subscriptions:
-//! catch-up, then live events, as NDJSON or Server-Sent Events).
+//! time limits), [`tls`] (serving over TLS with rustls), `stream` (subscriptions:
+//! catch-up, then live events, as NDJSON or Server-Sent Events) and [`metrics`]
+//! (`GET /metrics` for Prometheus, request ids and the request span).
 
 pub mod auth;
 pub mod config;
@@ -39,6 +40,7 @@ mod export;
 mod extract;
 mod handlers;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod options;
 mod routes;
@@ -49,6 +51,7 @@ pub use allsource_core::EventStore;
 pub use auth::{ApiKey, ApiKeys, Role};
 pub use config::{Config, Sync};
 pub use error::AppError;
+pub use metrics::Metrics;
 pub use options::AppOptions;
 pub use routes::{app, app_with};
 pub use stream::{SubscriptionSettings, Subscriptions};

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allsource_core::WalConfig;
+use allsource_server::config::LogFormat;
 use allsource_server::tls::TlsListener;
-use allsource_server::{app_with, Config, EventStore, Sync};
+use allsource_server::{app_with, Config, EventStore, Metrics, Sync};
 use anyhow::Context;
 use clap::Parser;
 use tokio::net::TcpListener;
@@ -27,11 +28,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_span_list(false).init(),
+    }
 
     let options = config.app_options()?;
     // Streams never end on their own: the shutdown ends them.
@@ -40,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         Some((cert, key)) => Some(allsource_server::tls::server_config(cert, key)?),
         None => None,
     };
-    let store = Arc::new(open_store(&config)?);
+    let store = Arc::new(open_store(&config, &options.metrics)?);
     let mut signals = ShutdownSignals::install()?;
 
     let listener = TcpListener::bind(&config.addr)
@@ -100,8 +103,9 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store the configuration asks for, recovering a data directory.
-fn open_store(config: &Config) -> anyhow::Result<EventStore> {
+/// Opens the store the configuration asks for, recovering a data directory; the
+/// recovery's time and events go to `metrics`.
+fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<EventStore> {
     if config.in_memory {
         tracing::warn!("--in-memory: events are kept in memory only and are lost when the process exits");
         return Ok(EventStore::new());
@@ -110,6 +114,7 @@ fn open_store(config: &Config) -> anyhow::Result<EventStore> {
     let wal_config = WalConfig { sync: config.sync.into(), ..WalConfig::default() };
     let (store, report) = EventStore::open_dir(&config.data_dir, wal_config)
         .with_context(|| format!("could not open the data directory {}", config.data_dir.display()))?;
+    metrics.set_recovery(started.elapsed(), report.events);
     tracing::info!(
         data_dir = %config.data_dir.display(),
         events = report.events,

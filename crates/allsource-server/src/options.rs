@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::auth::ApiKeys;
 use crate::limits::{CONCURRENT_REQUESTS_DEFAULT, REQUEST_TIMEOUT_DEFAULT};
+use crate::metrics::Metrics;
 use crate::stream::Subscriptions;
 
 /// The settings [`app_with`](crate::app_with) builds the router from. `Default` is
@@ -23,6 +24,9 @@ pub struct AppOptions {
     /// How many requests may be in flight on the ordinary routes; one more is refused
     /// with `503 Overloaded`. At least 1.
     pub concurrent_requests_max: usize,
+    /// The metrics registry `GET /metrics` serves and the middleware records into;
+    /// the default is a fresh one. The binary keeps a clone to record its start-up.
+    pub metrics: Metrics,
     /// The subscriptions of `GET /api/v1/events/stream`: their settings and the count
     /// of open streams; the binary keeps a clone to end them at shutdown.
     pub subscriptions: Subscriptions,
@@ -34,6 +38,7 @@ impl Default for AppOptions {
             api_keys: ApiKeys::default(),
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
             concurrent_requests_max: CONCURRENT_REQUESTS_DEFAULT,
+            metrics: Metrics::default(),
             subscriptions: Subscriptions::default(),
         }
     }
@@ -55,6 +60,12 @@ impl AppOptions {
     /// Sets how many requests may be in flight (at least 1).
     pub fn with_concurrent_requests_max(mut self, concurrent_requests_max: usize) -> Self {
         self.concurrent_requests_max = concurrent_requests_max;
+        self
+    }
+
+    /// Records into (and serves) `metrics` instead of a fresh registry.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
         self
     }
 

@@ -14,12 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::error::AppError;
 use crate::limits::{self, Limits};
 use crate::options::AppOptions;
-use crate::{auth, export, handlers, openapi, stream};
+use crate::{auth, export, handlers, metrics, openapi, stream};
 
 /// The whole HTTP API over `store` with the default [`AppOptions`], ready to serve or
 /// to drive in tests with `tower::ServiceExt::oneshot`.
@@ -52,6 +51,7 @@ pub fn app_with(store: Arc<EventStore>, options: AppOptions) -> Router {
     // of their own.
     let router = Router::new()
         .route("/health", get(handlers::health))
+        .route("/metrics", metrics::scrape_route(options.metrics.clone(), options.subscriptions.clone()))
         .route("/openapi.json", get(openapi::openapi_json))
         .route(stream::STREAM_PATH, stream::route(store.clone(), options.subscriptions.clone()))
         .merge(limited)
@@ -69,7 +69,9 @@ pub fn app_with(store: Arc<EventStore>, options: AppOptions) -> Router {
     } else {
         router.layer(from_fn_with_state(options.api_keys.clone(), auth::require_key))
     };
-    router.layer(CatchPanicLayer::custom(panic_response)).layer(TraceLayer::new_for_http())
+    // Outermost: request ids, the request span and the metrics, which so count every
+    // response, refusals by the layers above included.
+    metrics::observe(router.layer(CatchPanicLayer::custom(panic_response)), &options.metrics)
 }
 
 async fn not_found(method: Method, uri: Uri) -> AppError {

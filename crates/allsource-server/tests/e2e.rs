@@ -92,8 +92,10 @@ fn sigint_exits_zero() {
 /// before the process exits.
 #[test]
 fn sigterm_finishes_the_request_in_flight() {
-    let server =
-        Server::launch(&["--addr", "127.0.0.1:0", "--in-memory"], &[("RUST_LOG", "info,tower_http=debug")]);
+    let server = Server::launch(
+        &["--addr", "127.0.0.1:0", "--in-memory"],
+        &[("RUST_LOG", "info,allsource_server::metrics=debug")],
+    );
     let mut stream = server.connect();
     // A first, complete exchange on a kept-alive connection: the server has accepted it.
     let warm_up = Req::get("/api/v1/stats").header("connection", "keep-alive");
@@ -105,7 +107,7 @@ fn sigterm_finishes_the_request_in_flight() {
     let (first, rest) = bytes.split_at(bytes.len() - 5);
     stream.write_all(first).unwrap();
     // The handler has the request (it is waiting for the rest of the body).
-    server.wait_for_log(&["uri=/api/v1/events ", "started processing request"], EXIT_TIMEOUT);
+    server.wait_for_log(&["route=/api/v1/events}", "started"], EXIT_TIMEOUT);
     server.signal("TERM");
     server.wait_for_log(&["SIGTERM received"], EXIT_TIMEOUT);
     // The server stops accepting: from then on it is shutting down.

@@ -85,7 +85,8 @@ impl Server {
                     let found = line
                         .split("listening on ")
                         .nth(1)
-                        .map(|rest| rest.split_whitespace().next().unwrap().parse::<SocketAddr>().unwrap());
+                        // Ends at a space, or at the quote of a JSON log line's message.
+                        .map(|rest| rest.split([' ', '"']).next().unwrap().parse::<SocketAddr>().unwrap());
                     startup_log.push(line);
                     if let Some(addr) = found {
                         break addr;
