@@ -523,11 +523,11 @@ impl Inner {
         }
     }
 
-    /// Checkpoints the projections at the committed position, between two published
-    /// groups; returns that position. A failure is logged: a checkpoint only saves
-    /// replay time.
+    /// Checkpoints the projections at the committed position (those that must be
+    /// exact, between two published groups; those that may run ahead, after); returns
+    /// that position. A failure is logged: a checkpoint only saves replay time.
     fn write_checkpoint(&self) -> Option<Position> {
-        let checkpoint = {
+        let mut checkpoint = {
             let _apply = self.apply_lock.lock();
             let position = self.committed.load(Ordering::Acquire);
             let event = self.table.view(position)?;
@@ -535,9 +535,13 @@ impl Inner {
                 position,
                 event_id: event.id(),
                 timestamp_micros: event.timestamp().as_micros(),
-                projections: self.projections.checkpoint(),
+                projections: self.projections.checkpoint(false),
             }
         };
+        // The entity snapshots (most of a checkpoint's work: one state per entity) are
+        // taken with appends flowing: they may run ahead of the position, which their
+        // versions make harmless.
+        checkpoint.projections.extend(self.projections.checkpoint(true));
         match self.log.write_checkpoint(&checkpoint) {
             Ok(()) => Some(checkpoint.position),
             Err(error) => {

@@ -71,6 +71,16 @@ pub trait Projection: Send + Sync {
         None
     }
 
+    /// Whether the engine may take this projection's checkpoint while events keep being
+    /// applied to it, instead of between two published groups (when appends wait). Such
+    /// a checkpoint holds every event up to the checkpoint's position and maybe some
+    /// after it, so after a restore [`Projection::process`] must ignore an event it
+    /// already holds (the entity snapshots tell by the entity's version). `false` (the
+    /// default): the checkpoint is taken with appends held back.
+    fn checkpoint_while_live(&self) -> bool {
+        false
+    }
+
     /// Replaces the whole state with one [`Projection::checkpoint`] returned. An error
     /// makes the engine ignore the checkpoint and replay instead.
     fn restore(&self, state: Value) -> Result<()> {
@@ -165,9 +175,20 @@ impl Projection for EntitySnapshots {
         self.process_parsed(event, &event.payload.to_value())
     }
 
+    /// An event at or below the entity's version is already in its state (a restore
+    /// from a checkpoint taken while events were applied, then the replay of the events
+    /// after the checkpoint's position): it is ignored.
     fn process_parsed(&self, event: &Event, payload: &Value) -> Result<()> {
-        self.snapshots.entry(event.entity_id.clone()).or_insert_with(Snapshot::empty).apply(event, payload);
+        let mut snapshot = self.snapshots.entry(event.entity_id.clone()).or_insert_with(Snapshot::empty);
+        if event.version > snapshot.version {
+            snapshot.apply(event, payload);
+        }
         Ok(())
+    }
+
+    /// Each entity's snapshot carries its version: a checkpoint may run ahead.
+    fn checkpoint_while_live(&self) -> bool {
+        true
     }
 
     fn get_state(&self, key: &str) -> Option<Value> {
@@ -352,11 +373,13 @@ impl ProjectionRegistry {
         self.all.read().iter().map(|p| p.name().to_string()).collect()
     }
 
-    /// The checkpoint of every projection that has one, by name.
-    pub fn checkpoint(&self) -> serde_json::Map<String, Value> {
+    /// The checkpoint of every projection that has one, by name: of those whose
+    /// [`Projection::checkpoint_while_live`] is `while_live`.
+    pub fn checkpoint(&self, while_live: bool) -> serde_json::Map<String, Value> {
         self.all
             .read()
             .iter()
+            .filter(|p| p.checkpoint_while_live() == while_live)
             .filter_map(|p| p.checkpoint().map(|state| (p.name().to_string(), state)))
             .collect()
     }
@@ -475,6 +498,42 @@ mod tests {
         assert_eq!(counters.get_state("other"), None);
         counters.clear();
         assert_eq!(counters.count("t"), 0);
+    }
+
+    #[test]
+    fn a_snapshot_checkpoint_that_ran_ahead_restores_to_the_same_state() {
+        // Events 1..=7 of two entities; the checkpoint's position is 3, but the
+        // snapshots were read after event 5 was applied.
+        let events: Vec<Event> = (1..=7u64)
+            .map(|p| {
+                event(["a", "b"][(p % 2) as usize], p.div_ceil(2), p, json!({"p": p, format!("k{p}"): p}))
+            })
+            .collect();
+        let live = EntitySnapshots::default();
+        for e in &events[..5] {
+            live.process(e).unwrap();
+        }
+        let checkpoint = live.checkpoint().unwrap();
+        assert!(live.checkpoint_while_live());
+        let restored = EntitySnapshots::default();
+        restored.restore(checkpoint).unwrap();
+        // The replay after position 3 repeats events 4 and 5: they are ignored.
+        for e in &events[3..] {
+            restored.process(e).unwrap();
+        }
+        for e in &events {
+            live.process(e).unwrap(); // also a no-op for 1..=5 on the live one
+        }
+        for entity in ["a", "b"] {
+            let expected = Snapshot::replay(events.iter().filter(|e| e.entity_id.as_str() == entity));
+            assert_eq!(restored.snapshot(entity), expected, "{entity}");
+            assert_eq!(live.snapshot(entity), expected, "{entity}");
+        }
+        // The counters are not idempotent: they are checkpointed exactly.
+        assert!(!EventCounters::default().checkpoint_while_live());
+        let registry = ProjectionRegistry::default();
+        assert_eq!(registry.checkpoint(true).keys().collect::<Vec<_>>(), ["entity_snapshots"]);
+        assert_eq!(registry.checkpoint(false).keys().collect::<Vec<_>>(), ["event_counters"]);
     }
 
     #[test]
