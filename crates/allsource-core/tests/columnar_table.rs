@@ -3,6 +3,8 @@
 //! query, replay, exports, views rendered as JSON) answers exactly as it did from the
 //! event objects; after a restart, chunks of any size on disk become the same table.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +35,7 @@ fn new_event(i: usize) -> NewEvent {
         _ => json!({"nested": {"deep": [i]}, "drop": null}),
     };
     let mut event = Event::new(event_type, entity, payload);
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         event.metadata = Some(json!({"trace": i}));
     }
     event
