@@ -28,62 +28,9 @@ command -v "$PYTHON" >/dev/null || fail "$PYTHON not found"
 "$PYTHON" -c 'import pyarrow, pyarrow.dataset' 2>/dev/null ||
     fail "pyarrow is not installed for $PYTHON (python3 -m pip install pyarrow)"
 
-cargo build --locked -p allsource-server --bin allsource
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-binary="$target_dir/debug/allsource"
-[ -x "$binary" ] || fail "no binary at $binary"
-
-work=$(mktemp -d)
-log="$work/server.log"
-server_pid=""
-cleanup() {
-    local status=$?
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    if [ "$status" -ne 0 ] && [ -f "$log" ]; then
-        echo "--- the server's log (last 40 lines):" >&2
-        tail -n 40 "$log" >&2 || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Starts the server with these arguments on a free loopback port, its log in $log; sets
-# server_pid and base once it answers GET /health (bounded waits).
-start_server() {
-    : >"$log"
-    RUST_LOG=info "$binary" --addr 127.0.0.1:0 "$@" 2>"$log" &
-    server_pid=$!
-    # Its address, from the "listening on ADDR" line of its log.
-    local addr="" deadline=$((SECONDS + STARTUP_SECONDS))
-    while [ -z "$addr" ]; do
-        kill -0 "$server_pid" 2>/dev/null || fail "the server exited during start-up"
-        [ "$SECONDS" -lt "$deadline" ] || fail "no 'listening on' line within ${STARTUP_SECONDS}s"
-        addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
-        [ -n "$addr" ] || sleep 0.1
-    done
-    base="http://$addr"
-    echo "server (pid $server_pid, $*) listening on $addr"
-
-    "$PYTHON" - "$base" "$STARTUP_SECONDS" <<'PY' || fail "GET /health did not answer 200"
-import sys, time, urllib.request
-base, seconds = sys.argv[1], float(sys.argv[2])
-deadline = time.monotonic() + seconds
-while True:
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=5) as reply:
-            if reply.status == 200:
-                break
-    except OSError:
-        pass
-    if time.monotonic() > deadline:
-        sys.exit(1)
-    time.sleep(0.05)
-PY
-}
+# shellcheck source=../server.sh
+. tests/server.sh
+build_server
 
 # Stops the server with SIGTERM and waits (bounded: SIGKILL after STOP_SECONDS) for it
 # to exit; fails unless it exits 0.

@@ -46,62 +46,9 @@ command -v "$PYTHON" >/dev/null || fail "$PYTHON not found"
 "$PYTHON" -m schemathesis.cli --version >/dev/null 2>&1 ||
     fail "schemathesis is not installed for $PYTHON (python3 -m pip install 'schemathesis>=4.32,<5')"
 
-cargo build --locked -p allsource-server --bin allsource
-target_dir=$(cargo metadata --format-version 1 --no-deps |
-    "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-binary="$target_dir/debug/allsource"
-[ -x "$binary" ] || fail "no binary at $binary"
-
-work=$(mktemp -d)
-log="$work/server.log"
-server_pid=""
-cleanup() {
-    local status=$?
-    if [ -n "$server_pid" ]; then
-        kill "$server_pid" 2>/dev/null || true
-        wait "$server_pid" 2>/dev/null || true
-    fi
-    if [ "$status" -ne 0 ] && [ -f "$log" ]; then
-        echo "--- the server's log (last 40 lines):" >&2
-        tail -n 40 "$log" >&2 || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Starts the server in memory with these arguments on a free loopback port (its address
-# comes from its "listening on" line), its log in $log; sets server_pid and base once it
-# answers GET /health (bounded waits).
-start_server() {
-    : >"$log"
-    RUST_LOG=info "$binary" --in-memory --addr 127.0.0.1:0 "$@" 2>"$log" &
-    server_pid=$!
-    local addr="" deadline=$((SECONDS + STARTUP_SECONDS))
-    while [ -z "$addr" ]; do
-        kill -0 "$server_pid" 2>/dev/null || fail "the server exited during start-up"
-        [ "$SECONDS" -lt "$deadline" ] || fail "no 'listening on' line within ${STARTUP_SECONDS}s"
-        addr=$(sed -n 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$log" | head -n 1)
-        [ -n "$addr" ] || sleep 0.1
-    done
-    base="http://$addr"
-    echo "server (pid $server_pid) listening on $addr"
-
-    "$PYTHON" - "$base" "$STARTUP_SECONDS" <<'PY' || fail "GET /health did not answer 200"
-import sys, time, urllib.request
-base, seconds = sys.argv[1], float(sys.argv[2])
-deadline = time.monotonic() + seconds
-while True:
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=5) as reply:
-            if reply.status == 200:
-                break
-    except OSError:
-        pass
-    if time.monotonic() > deadline:
-        sys.exit(1)
-    time.sleep(0.05)
-PY
-}
+# shellcheck source=../server.sh
+. tests/server.sh
+build_server
 
 # Fails if the server died or logged a panic or an internal error; else stops it.
 stop_server() {
@@ -150,14 +97,14 @@ run_schemathesis() {
 }
 
 # 1. An open server (no API keys), as the contract describes it.
-start_server
+start_server --in-memory
 run_schemathesis "$MAX_EXAMPLES" "$RUN_SECONDS"
 stop_server
 
 # 2. A server with an API key, used as a write key: the same answers behind the auth
 # layer, and its 401s (schemathesis also sends requests without the key) documented.
 key=$("$PYTHON" -c 'import secrets; print(secrets.token_hex(16))')
-ALLSOURCE_API_KEYS="$key:write" start_server
+ALLSOURCE_API_KEYS="$key:write" start_server --in-memory
 "$PYTHON" - "$base" <<'PY' || fail "the server with a key took a request without one"
 import sys, urllib.error, urllib.request
 try:
