@@ -3,7 +3,8 @@
 //! and unknown routes, the scraped text parses and every counter equals what was done;
 //! the WAL's fsync histogram saw the appends; a restart reports its recovery; every
 //! response carries an `x-request-id`, the client's own when it sent one, and the log
-//! line of the request names it.
+//! line of the request names it. One test runs in process, with a log that fails, to
+//! see a storage failure in the metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -435,4 +436,53 @@ fn json_logs_carry_the_request_span() {
     assert_eq!(span["method"], "GET", "{line}");
     assert_eq!(span["route"], "/api/v1/entities/{entity_id}/state", "{line}");
     assert_eq!(span["status"], 404, "{line}");
+}
+
+/// A log that accepts `n_ok` appends, then fails every one after.
+struct FailingLog {
+    n_ok: std::sync::atomic::AtomicUsize,
+}
+
+impl allsource_core::Log for FailingLog {
+    fn append(&self, _events: &[std::sync::Arc<allsource_core::Event>]) -> allsource_core::Result<()> {
+        use std::sync::atomic::Ordering;
+        if self.n_ok.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err() {
+            return Err(allsource_core::Error::Storage {
+                message: "disk full (simulated)".into(),
+                read_only: false,
+            });
+        }
+        Ok(())
+    }
+    fn recover(&self) -> allsource_core::Result<allsource_core::Recovered> {
+        Ok(allsource_core::Recovered::default())
+    }
+    fn describe(&self) -> allsource_core::LogInfo {
+        allsource_core::LogInfo { kind: "failing", durable: true, ..allsource_core::LogInfo::default() }
+    }
+}
+
+/// A storage failure shows: appends refused with `StorageError` by route, `5xx`
+/// responses, and the store's read-only gauge at 1. In process, with a log that fails.
+#[test]
+fn a_storage_failure_shows_in_the_metrics() {
+    let log = FailingLog { n_ok: std::sync::atomic::AtomicUsize::new(1) };
+    let store = allsource_core::EventStore::open(Box::new(log)).unwrap();
+    let c = common::inproc::InProcess::with_store(std::sync::Arc::new(store));
+    append(&c, &event("acct", "t", json!({"a": 1})));
+    assert_eq!(scrape(&c).get("allsource_read_only", &[]), 0.0);
+    for _ in 0..2 {
+        check(&c, Req::post_json(SINGLE, &event("acct", "t", json!({}))), 503, "StorageError");
+    }
+    check(&c, Req::post_json(BATCH, &json!({"events": [event("x", "t", json!({}))]})), 503, "StorageError");
+
+    let after = scrape(&c);
+    assert_eq!(after.get("allsource_read_only", &[]), 1.0);
+    let outcome = |route, outcome| {
+        after.value("allsource_append_requests_total", &[("route", route), ("outcome", outcome)])
+    };
+    assert_eq!((outcome(SINGLE, "created"), outcome(SINGLE, "StorageError")), (1.0, 2.0));
+    assert_eq!(outcome(BATCH, "StorageError"), 1.0);
+    assert_eq!(after.get("allsource_http_responses_total", &[("class", "5xx")]), 3.0);
+    assert_eq!(after.get("allsource_events_appended_total", &[]), 1.0);
 }
