@@ -2,17 +2,17 @@
 //! request runs in.
 //!
 //! [`Metrics`] is the registry (the `prometheus-client` crate writes the text
-//! exposition format) with the HTTP figures, which the middleware [`track`] records
-//! on every response: responses by status class, append requests by outcome, and the
-//! latency of appends and of queries by route template (never the raw path, whose ids
-//! would make a series per entity). The store's figures (events and bytes stored, the
-//! WAL's fsync latency and events per sync, ...) are read from the store at each
-//! scrape, so that nothing on the write path works for metrics beyond the WAL's few
-//! atomic adds.
+//! exposition format) with the HTTP figures, which the middleware `observe_request`
+//! records on every response: responses by status class, append requests by outcome,
+//! and the latency of appends and of queries by route template (never the raw path,
+//! whose ids would make a series per entity). The store's figures (events and bytes
+//! stored, the WAL's fsync latency and events per sync, ...) are read from the store
+//! at each scrape, so that nothing on the write path works for metrics beyond the
+//! WAL's few atomic adds.
 //!
-//! [`observe`] wraps the router in the metrics middleware and in a request span
-//! (`request_id`, `method`, `route`, then `status`), with an `x-request-id` set on
-//! every request that comes without one and echoed on every response.
+//! The same middleware gives every request an `x-request-id` (a UUID unless the client
+//! sent one), echoed on the response, and runs it in a span (`request_id`, `method`,
+//! `route`, then `status`).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
