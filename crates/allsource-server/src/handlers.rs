@@ -148,7 +148,8 @@ fn json_response(body: Vec<u8>) -> Response {
 /// copied from their columns, never parsed or made into event objects.
 fn render_query_page(page: &ViewPage) -> Vec<u8> {
     use std::io::Write;
-    let mut body = Vec::with_capacity(64 + page.events.iter().map(|e| e.payload().len() + 256).sum::<usize>());
+    let mut body =
+        Vec::with_capacity(64 + page.events.iter().map(|e| e.payload().len() + 256).sum::<usize>());
     body.extend_from_slice(b"{\"events\":[");
     for (index, event) in page.events.iter().enumerate() {
         if index > 0 {
