@@ -443,12 +443,13 @@ mod tests {
             "200",
         ])
         .unwrap();
+        let options = config.app_options().unwrap();
         let want = SubscriptionSettings::default()
             .with_heartbeat(Duration::from_millis(100))
             .with_subscribers_max(0)
             .with_buffer_bytes(10)
             .with_stall_grace(Duration::from_millis(200));
-        assert_eq!(config.subscription_settings(), want);
+        assert_eq!(options.subscriptions.settings(), &want);
         for bad in [
             ["--heartbeat-ms", "0"],
             ["--subscriber-buffer-bytes", "0"],
