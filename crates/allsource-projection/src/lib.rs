@@ -132,18 +132,29 @@ impl Snapshot {
     fn empty() -> Snapshot {
         Snapshot { state: Value::Null, version: 0, last_event_at: Timestamp::MIN }
     }
-
-    fn apply(&mut self, event: &Event, payload: &Value) {
-        apply_merge_patch(&mut self.state, payload);
-        self.version = event.version;
-        self.last_event_at = event.timestamp;
-    }
 }
 
 /// Each entity's current state, as its events' payloads merged in order.
 #[derive(Debug, Default)]
 pub struct EntitySnapshots {
-    snapshots: DashMap<EntityId, Snapshot, foldhash::fast::RandomState>,
+    snapshots: DashMap<EntityId, Stored, foldhash::fast::RandomState>,
+}
+
+/// A snapshot as the projection keeps it: the state shared, so that a checkpoint
+/// takes every entity's state with a reference count each (holding each shard of the
+/// map for a moment, not for a deep copy of its states, while appends wait to apply),
+/// and an event that changes a state being written out copies that one state.
+#[derive(Debug, Clone)]
+struct Stored {
+    state: Arc<Value>,
+    version: Version,
+    last_event_at: Timestamp,
+}
+
+impl Stored {
+    fn snapshot(&self) -> Snapshot {
+        Snapshot { state: (*self.state).clone(), version: self.version, last_event_at: self.last_event_at }
+    }
 }
 
 impl EntitySnapshots {
@@ -152,7 +163,7 @@ impl EntitySnapshots {
 
     /// The current snapshot of `entity_id`.
     pub fn snapshot(&self, entity_id: &str) -> Option<Snapshot> {
-        self.snapshots.get(entity_id).map(|s| s.clone())
+        self.snapshots.get(entity_id).map(|s| s.snapshot())
     }
 
     /// How many entities have a snapshot.
@@ -179,9 +190,15 @@ impl Projection for EntitySnapshots {
     /// from a checkpoint taken while events were applied, then the replay of the events
     /// after the checkpoint's position): it is ignored.
     fn process_parsed(&self, event: &Event, payload: &Value) -> Result<()> {
-        let mut snapshot = self.snapshots.entry(event.entity_id.clone()).or_insert_with(Snapshot::empty);
-        if event.version > snapshot.version {
-            snapshot.apply(event, payload);
+        let mut stored = self.snapshots.entry(event.entity_id.clone()).or_insert_with(|| Stored {
+            state: Arc::new(Value::Null),
+            version: 0,
+            last_event_at: Timestamp::MIN,
+        });
+        if event.version > stored.version {
+            apply_merge_patch(Arc::make_mut(&mut stored.state), payload);
+            stored.version = event.version;
+            stored.last_event_at = event.timestamp;
         }
         Ok(())
     }
@@ -195,7 +212,7 @@ impl Projection for EntitySnapshots {
         let snapshot = self.snapshots.get(key)?;
         Some(json!({
             "entity_id": key,
-            "state": snapshot.state,
+            "state": *snapshot.state,
             "version": snapshot.version,
             "last_event_at": snapshot.last_event_at,
         }))
@@ -206,13 +223,13 @@ impl Projection for EntitySnapshots {
     }
 
     fn checkpoint(&self) -> Option<Value> {
-        let entities: serde_json::Map<String, Value> = self
-            .snapshots
-            .iter()
-            .map(|entry| {
-                let snapshot = entry.value();
-                let state = json!([snapshot.state, snapshot.version, snapshot.last_event_at.as_micros()]);
-                (entry.key().to_string(), state)
+        // First the shared states (cheap, shard by shard), then the copy, with no lock.
+        let stored: Vec<(EntityId, Stored)> =
+            self.snapshots.iter().map(|entry| (entry.key().clone(), entry.value().clone())).collect();
+        let entities: serde_json::Map<String, Value> = stored
+            .into_iter()
+            .map(|(entity, s)| {
+                (entity.to_string(), json!([*s.state, s.version, s.last_event_at.as_micros()]))
             })
             .collect();
         Some(Value::Object(entities))
@@ -233,8 +250,8 @@ impl Projection for EntitySnapshots {
             };
             let state = parts.swap_remove(0);
             let entity = EntityId::try_from(entity).map_err(|e| bad(&e.to_string()))?;
-            restored
-                .push((entity, Snapshot { state, version, last_event_at: Timestamp::from_micros(micros) }));
+            let last_event_at = Timestamp::from_micros(micros);
+            restored.push((entity, Stored { state: Arc::new(state), version, last_event_at }));
         }
         self.snapshots.clear();
         for (entity, snapshot) in restored {
