@@ -593,7 +593,12 @@ impl Inner {
             let id = match proposal.id {
                 Some(id) => {
                     // Sequenced events are in the table already, committed or not.
-                    if let Some(existing) = self.ids.get(&id).and_then(|p| self.table.get(p)) {
+                    if let Some(position) = self.ids.get(&id) {
+                        // Never append a second event with this id, even if the stored
+                        // one cannot be read back.
+                        let existing = self.table.get(position).ok_or_else(|| {
+                            Error::Internal(format!("event {id} at position {position} cannot be read"))
+                        })?;
                         if !existing.same_content(&proposal) {
                             return Err(item_error(duplicate_id_error(id), index));
                         }
