@@ -17,6 +17,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use percent_encoding::percent_decode_str;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -319,6 +320,7 @@ struct QueryParams {
 
 impl QueryParams {
     async fn from_request_parts<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        check_query_utf8(parts.uri.query().unwrap_or(""))?;
         let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
             .await
             .map_err(|rejection| Error::Validation(format!("bad query string: {}", rejection.body_text())))?;
@@ -350,6 +352,20 @@ impl QueryParams {
             format!("expected one of: {}", self.taken.join(", "))
         };
         Err(Error::Validation(format!("unknown query parameter '{name}' ({expected})")).into())
+    }
+}
+
+/// Fails on a query-string name or value that is not UTF-8 once percent-decoded. The
+/// form decoder would replace such bytes with U+FFFD, and so answer about another id
+/// (`entity_id=%FF` would be the entity `"\u{FFFD}"`); a path segment is refused the same way.
+fn check_query_utf8(query: &str) -> Result<(), AppError> {
+    // `&`, `=` and `+` are ASCII: decoding a whole `name=value` checks both halves.
+    match query.split('&').find(|part| percent_decode_str(part).decode_utf8().is_err()) {
+        None => Ok(()),
+        Some(part) => {
+            Err(Error::Validation(format!("query string: '{part}' is not UTF-8 after percent-decoding"))
+                .into())
+        }
     }
 }
 

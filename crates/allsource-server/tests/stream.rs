@@ -473,6 +473,7 @@ fn bad_requests_get_json_errors() {
         "/api/v1/events/stream?limit=5",
         "/api/v1/events/stream?since=2026-01-01T00:00:00Z",
         "/api/v1/events/stream?after=1&after=2",
+        "/api/v1/events/stream?entity_id=%FF",
     ] {
         check(&server, Req::get(target), 400, "ValidationError");
     }

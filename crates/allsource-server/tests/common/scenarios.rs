@@ -345,6 +345,12 @@ pub fn query_validation(c: &impl Client) {
     }
     let body = ok(c, Req::get("/api/v1/events/query?limit=1"), 200);
     assert_eq!((body["count"].as_u64(), body["next_after"].is_null()), (Some(1), true));
+    // Not UTF-8 once percent-decoded: an error, not a query for the id "\u{FFFD}" (which
+    // exists here, so a lossy decoding would answer with its event).
+    append(c, &event("\u{FFFD}", "t", json!({})));
+    bad("entity_id=%FF", "UTF-8");
+    bad("event_type=a%C3", "UTF-8");
+    bad("%FF=1", "UTF-8");
 }
 
 /// Following `next_after` visits every match exactly once, for every filter.
