@@ -234,7 +234,7 @@ fn scrape(metrics: &Metrics, store: &EventStore, subscriptions: &Subscriptions) 
 }
 
 /// The middleware: gives the request an `x-request-id` (a fresh UUID unless the
-/// client sent one) and echoes it on the response, runs the request in its span
+/// client sent a non-empty one) and echoes it on the response, runs the request in its span
 /// (`request_id`, `method`, `route` template, then `status`), and records the response
 /// in `metrics`. One middleware rather than a layer each (tower-http has request-id and
 /// trace layers): every layer costs each request, and this one is on every request.
@@ -244,7 +244,7 @@ pub(crate) async fn observe_request(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let request_id = match request.headers().get(X_REQUEST_ID) {
+    let request_id = match request.headers().get(X_REQUEST_ID).filter(|id| !id.is_empty()) {
         Some(id) => Some(id.clone()),
         None => {
             let mut text = Uuid::encode_buffer();

@@ -359,9 +359,14 @@ fn request_ids_are_echoed_and_logged() {
         assert!(uuid::Uuid::try_parse(id).is_ok(), "{id}");
         fresh.push(id.to_string());
     }
+    // An empty id counts as none: the request gets a fresh one.
+    let reply = server.send(Req::get("/health").header("x-request-id", ""));
+    let id = reply.header("x-request-id").unwrap_or_else(|| panic!("no x-request-id: {reply:?}"));
+    assert!(uuid::Uuid::try_parse(id).is_ok(), "an empty x-request-id is replaced: {id:?}");
+    fresh.push(id.to_string());
     fresh.sort();
     fresh.dedup();
-    assert_eq!(fresh.len(), 4, "request ids repeat: {fresh:?}");
+    assert_eq!(fresh.len(), 5, "request ids repeat: {fresh:?}");
 
     let given = "client-chosen-id-42";
     let reply = server.send(
