@@ -8,11 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use allsource_core_types::{Error, Event, Position};
+use arrow_array::RecordBatch;
 use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::columnar::{EventColumns, JsonCheck, ParquetFileWriter};
+use crate::columnar::{to_record_batch, EventColumns, JsonCheck, ParquetFileWriter};
 use crate::fs::{AppendFile, Fs};
 use crate::wal::RecoveryBase;
 
@@ -222,24 +223,31 @@ impl Archive {
                 expected - 1
             )));
         }
-        let chunks_dir = self.data_dir.join(CHUNKS_DIR);
-        let name = chunk_file_name(first.position, last.position);
-        let (bytes, crc32c) = self.write_durably(&chunks_dir, &name, |out| {
-            let mut writer = ParquetFileWriter::new(out)?;
-            writer.write(events)?;
-            writer.finish().map(drop)
-        })?;
-        let entry = ChunkEntry {
-            file: name,
-            first_position: first.position,
-            last_position: last.position,
-            bytes,
-            crc32c: Some(crc32c),
-        };
+        let batch = to_record_batch(events)?;
+        let entry = self.write_chunk(first.position, last.position, &[&batch])?;
         let mut next = manifest.clone();
         next.chunks.push(entry.clone());
         self.replace_manifest(&mut manifest, next)?;
         Ok(entry)
+    }
+
+    /// Writes the chunk file of `first..=last` from `batches`, durably (temporary name,
+    /// fsync, rename, fsync of `chunks/`); returns its manifest entry, not yet listed.
+    fn write_chunk(
+        &self,
+        first: Position,
+        last: Position,
+        batches: &[&RecordBatch],
+    ) -> Result<ChunkEntry, Error> {
+        let name = chunk_file_name(first, last);
+        let (bytes, crc32c) = self.write_durably(&self.data_dir.join(CHUNKS_DIR), &name, |out| {
+            let mut writer = ParquetFileWriter::new(out)?;
+            for batch in batches {
+                writer.write_batch(batch)?;
+            }
+            writer.finish().map(drop)
+        })?;
+        Ok(ChunkEntry { file: name, first_position: first, last_position: last, bytes, crc32c: Some(crc32c) })
     }
 
     /// Writes `next` as the manifest, durably, and makes it the current one.
@@ -278,7 +286,6 @@ impl Archive {
         let run: Vec<ChunkEntry> = manifest.chunks[start..end].to_vec();
         let (Some(first), Some(last)) = (run.first(), run.last()) else { return Ok(None) };
         let chunks_dir = self.data_dir.join(CHUNKS_DIR);
-        let name = chunk_file_name(first.first_position, last.last_position);
         let mut parts = Vec::with_capacity(run.len());
         for chunk in &run {
             let path = chunks_dir.join(&chunk.file);
@@ -287,20 +294,8 @@ impl Archive {
                     .map_err(|why| storage_error(format!("cannot merge {}: {why}", path.display())))?,
             );
         }
-        let (bytes, crc32c) = self.write_durably(&chunks_dir, &name, |out| {
-            let mut writer = ParquetFileWriter::new(out)?;
-            for part in &parts {
-                writer.write_batch(part.batch())?;
-            }
-            writer.finish().map(drop)
-        })?;
-        let merged = ChunkEntry {
-            file: name,
-            first_position: first.first_position,
-            last_position: last.last_position,
-            bytes,
-            crc32c: Some(crc32c),
-        };
+        let batches: Vec<_> = parts.iter().map(EventColumns::batch).collect();
+        let merged = self.write_chunk(first.first_position, last.last_position, &batches)?;
         let mut next = manifest.clone();
         next.chunks.splice(start..end, [merged.clone()]);
         self.replace_manifest(&mut manifest, next)?;

@@ -417,11 +417,6 @@ impl<W: Write> IpcStreamWriter<W> {
         Ok(IpcStreamWriter { writer })
     }
 
-    /// Appends the events as one record batch.
-    pub fn write(&mut self, events: &[Arc<Event>]) -> Result<(), Error> {
-        self.write_batch(&to_record_batch(events)?)
-    }
-
     /// Appends a record batch of [`schema`].
     pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), Error> {
         self.writer.write(batch).map_err(|e| arrow_error("Arrow IPC stream", e))
@@ -454,11 +449,6 @@ impl<W: Write + Send> ParquetFileWriter<W> {
         let writer = ArrowWriter::try_new(out, schema(), Some(properties))
             .map_err(|e| arrow_error("Parquet file", e))?;
         Ok(ParquetFileWriter { writer })
-    }
-
-    /// Appends the events.
-    pub fn write(&mut self, events: &[Arc<Event>]) -> Result<(), Error> {
-        self.write_batch(&to_record_batch(events)?)
     }
 
     /// Appends a record batch of [`schema`].
@@ -514,8 +504,8 @@ mod tests {
     fn ipc_stream_round_trip() {
         let events = events();
         let mut writer = IpcStreamWriter::new(Vec::new()).unwrap();
-        writer.write(&events[..2]).unwrap();
-        writer.write(&events[2..]).unwrap();
+        writer.write_batch(&to_record_batch(&events[..2]).unwrap()).unwrap();
+        writer.write_batch(&to_record_batch(&events[2..]).unwrap()).unwrap();
         let bytes = writer.finish().unwrap();
         let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
         assert_eq!(reader.schema(), schema());
@@ -531,7 +521,7 @@ mod tests {
         let events = events();
         let mut file = tempfile::tempfile().unwrap();
         let mut writer = ParquetFileWriter::new(file.try_clone().unwrap()).unwrap();
-        writer.write(&events).unwrap();
+        writer.write_batch(&to_record_batch(&events).unwrap()).unwrap();
         writer.finish().unwrap();
         use std::io::Seek;
         file.rewind().unwrap();
