@@ -11,7 +11,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use allsource_core_types::{EntityId, Error, Event, EventType, Json, Position, Timestamp, Version};
+use allsource_core_types::{Error, Event, EventType, Position, Timestamp, Version};
 use allsource_storage::columnar::{EventColumns, JsonCheck};
 use parking_lot::RwLock;
 use uuid::Uuid;
@@ -45,24 +45,13 @@ impl SealedChunk {
         Ok(SealedChunk { columns, event_types })
     }
 
-    /// The event in `row`, made whole.
+    /// The event in `row`, made whole, sharing the interned event type.
     fn event(&self, row: usize) -> Result<Event, Error> {
-        let c = &self.columns;
-        let bad = |why: String| Error::Internal(format!("sealed row {row}: {why}"));
-        Ok(Event {
-            id: c.id(row),
-            event_type: self
-                .event_types
-                .get(c.event_type_key(row))
-                .cloned()
-                .ok_or_else(|| bad("event type".into()))?,
-            entity_id: EntityId::try_from(c.entity_id(row)).map_err(|e| bad(e.to_string()))?,
-            payload: Json::from_compact_text(c.payload(row).to_string()).map_err(|e| bad(e.to_string()))?,
-            metadata: Json::from_compact_text(c.metadata(row).to_string()).map_err(|e| bad(e.to_string()))?,
-            timestamp: c.timestamp(row),
-            version: c.version(row),
-            position: c.position(row),
-        })
+        let mut event = self.columns.event(row)?;
+        if let Some(event_type) = self.event_types.get(self.columns.event_type_key(row)) {
+            event.event_type = event_type.clone();
+        }
+        Ok(event)
     }
 }
 
@@ -144,7 +133,7 @@ impl EventView {
     }
 
     /// The event made whole. For a sealed row this copies its texts and checks them
-    /// to be JSON once more (what making a [`Json`] costs).
+    /// to be JSON once more (what making a [`Json`](allsource_core_types::Json) costs).
     pub fn to_event(&self) -> Result<Arc<Event>, Error> {
         match &self.0 {
             ViewInner::Object(e) => Ok(e.clone()),
@@ -247,6 +236,17 @@ fn slot_of(position: Position) -> Option<(usize, usize)> {
     Some((index / CHUNK_EVENTS, index % CHUNK_EVENTS))
 }
 
+/// The event at `position` among `chunks`, if stored.
+fn view_in(chunks: &[Chunk], position: Position) -> Option<EventView> {
+    let (chunk, slot) = slot_of(position)?;
+    match chunks.get(chunk)? {
+        Chunk::Open(slots) => Some(EventView(ViewInner::Object(slots.get(slot)?.get()?.clone()))),
+        Chunk::Sealed(sealed) => {
+            (slot < sealed.columns.len()).then(|| EventView(ViewInner::Row(sealed.clone(), slot)))
+        }
+    }
+}
+
 fn open_chunk() -> Chunk {
     Chunk::Open((0..CHUNK_EVENTS).map(|_| OnceLock::new()).collect())
 }
@@ -273,36 +273,15 @@ impl EventTable {
         }
     }
 
-    fn chunk(&self, position: Position) -> Option<(Chunk, usize)> {
-        let (chunk, slot) = slot_of(position)?;
-        Some((self.chunks.read().get(chunk)?.clone(), slot))
-    }
-
     /// The event at `position`, if stored, without making it whole.
     pub(crate) fn view(&self, position: Position) -> Option<EventView> {
-        match self.chunk(position)? {
-            (Chunk::Open(slots), slot) => Some(EventView(ViewInner::Object(slots.get(slot)?.get()?.clone()))),
-            (Chunk::Sealed(sealed), row) => {
-                (row < sealed.columns.len()).then(|| EventView(ViewInner::Row(sealed, row)))
-            }
-        }
+        view_in(&self.chunks.read(), position)
     }
 
     /// The events at `positions` (ascending), if stored, taking the table's lock once.
     pub(crate) fn views(&self, positions: &[Position]) -> Vec<EventView> {
         let chunks = self.chunks.read();
-        positions
-            .iter()
-            .filter_map(|&position| {
-                let (chunk, slot) = slot_of(position)?;
-                match chunks.get(chunk)? {
-                    Chunk::Open(slots) => Some(EventView(ViewInner::Object(slots.get(slot)?.get()?.clone()))),
-                    Chunk::Sealed(sealed) => {
-                        (slot < sealed.columns.len()).then(|| EventView(ViewInner::Row(sealed.clone(), slot)))
-                    }
-                }
-            })
-            .collect()
+        positions.iter().filter_map(|&position| view_in(&chunks, position)).collect()
     }
 
     /// The event at `position`, if stored, made whole.
