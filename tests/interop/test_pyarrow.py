@@ -317,17 +317,10 @@ def test_json_stays_the_default():
         assert reply.json()["count"] == 1
 
 
-def main():
-    global BASE
-    if len(sys.argv) != 2:
-        print(__doc__, file=sys.stderr)
-        return 2
-    BASE = sys.argv[1].rstrip("/")
-    print("pyarrow %s, server %s" % (pa.__version__, BASE))
-    health = get("/health")
-    assert health.status == 200, health.status
-    append_events()
-    tests = [(name, fn) for name, fn in sorted(globals().items()) if name.startswith("test_") and callable(fn)]
+def run_tests(namespace):
+    """Runs every `test_*` function of `namespace` (a module's globals), printing each
+    outcome; returns the exit status: 1 if any failed."""
+    tests = [(name, fn) for name, fn in sorted(namespace.items()) if name.startswith("test_") and callable(fn)]
     passed, failed = 0, 0
     for name, fn in tests:
         try:
@@ -341,6 +334,19 @@ def main():
             print("ok   %s" % name)
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
+
+
+def main():
+    global BASE
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    BASE = sys.argv[1].rstrip("/")
+    print("pyarrow %s, server %s" % (pa.__version__, BASE))
+    health = get("/health")
+    assert health.status == 200, health.status
+    append_events()
+    return run_tests(globals())
 
 
 if __name__ == "__main__":

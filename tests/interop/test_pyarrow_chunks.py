@@ -23,7 +23,6 @@ import os
 import random
 import sys
 import threading
-import traceback
 import uuid
 
 import pyarrow as pa
@@ -217,20 +216,7 @@ def check_chunks(data_dir, state_file):
     with open(state_file) as f:
         STATE = json.load(f)
     common.SENT.update(STATE["sent"])
-    tests = [(name, fn) for name, fn in sorted(globals().items()) if name.startswith("test_") and callable(fn)]
-    passed, failed = 0, 0
-    for name, fn in tests:
-        try:
-            fn()
-        except Exception:  # an assertion or anything else: this check failed
-            failed += 1
-            print("FAIL %s" % name)
-            traceback.print_exc()
-        else:
-            passed += 1
-            print("ok   %s" % name)
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    return common.run_tests(globals())
 
 
 def main():
