@@ -46,7 +46,7 @@ fn make_request(
 ) -> (bool, Vec<Value>) {
     let batch = rng.chance(50);
     let count = if batch { rng.range(1, 5) } else { 1 };
-    let ids = rng.below(3);
+    let ids = rng.id_mode();
     let mut in_batch: HashMap<String, u64> = HashMap::new();
     let mut bodies = Vec::new();
     for item in 0..count {
@@ -64,14 +64,8 @@ fn make_request(
         if rng.chance(50) {
             body["metadata"] = json!({"thread": thread, "label": label});
         }
-        let give_id = match ids {
-            0 => false,
-            1 => true,
-            _ => rng.chance(50),
-        };
-        if give_id {
-            let id = rng.uuid();
-            body["id"] = json!(if rng.chance(20) { id.to_uppercase() } else { id });
+        if let Some(id) = rng.client_id(ids, 20) {
+            body["id"] = json!(id);
         }
         let current = in_batch.get(&entity).or(versions.get(&entity)).copied().unwrap_or(0);
         if rng.chance(30) {

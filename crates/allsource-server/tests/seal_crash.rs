@@ -72,7 +72,7 @@ fn small_payload(rng: &mut Rng, tag: &str) -> Value {
 /// A batch of `BATCH_EVENTS` events on random entities: with client ids for all, none or
 /// about half of them (some in upper case), some with metadata.
 fn make_batch(rng: &mut Rng, label: &str) -> Vec<Value> {
-    let ids = rng.below(3);
+    let ids = rng.id_mode();
     (0..BATCH_EVENTS)
         .map(|item| {
             let tag = format!("{label}i{item}");
@@ -84,14 +84,8 @@ fn make_batch(rng: &mut Rng, label: &str) -> Vec<Value> {
             if rng.chance(30) {
                 body["metadata"] = json!({"label": label, "item": item});
             }
-            let give_id = match ids {
-                0 => false,
-                1 => true,
-                _ => rng.chance(50),
-            };
-            if give_id {
-                let id = rng.uuid();
-                body["id"] = json!(if rng.chance(10) { id.to_uppercase() } else { id });
+            if let Some(id) = rng.client_id(ids, 10) {
+                body["id"] = json!(id);
             }
             body
         })

@@ -85,6 +85,29 @@ impl Rng {
         bytes[8..].copy_from_slice(&self.next().to_le_bytes());
         uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
     }
+
+    /// How a batch's items get client ids: none, all, or each by a coin toss.
+    pub fn id_mode(&mut self) -> u64 {
+        self.below(3)
+    }
+
+    /// A client id for an item of a batch of `id_mode`, or none; `upper_percent` of
+    /// them in upper case (ids are case-insensitive on input).
+    pub fn client_id(&mut self, id_mode: u64, upper_percent: u64) -> Option<String> {
+        let give = match id_mode {
+            0 => false,
+            1 => true,
+            _ => self.chance(50),
+        };
+        give.then(|| {
+            let id = self.uuid();
+            if self.chance(upper_percent) {
+                id.to_uppercase()
+            } else {
+                id
+            }
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------
