@@ -13,6 +13,7 @@ use crate::auth::{ApiKey, ApiKeys};
 use crate::limits;
 use crate::options::AppOptions;
 use crate::stream::{SubscriptionSettings, Subscriptions};
+use crate::write_timeout::{WRITE_TIMEOUT_DEFAULT, WRITE_TIMEOUT_MAX};
 
 /// How to run the server: where to listen and where to keep the events.
 ///
@@ -106,6 +107,19 @@ pub struct Config {
     )]
     pub concurrent_requests_max: usize,
 
+    /// How long, in milliseconds, a write to a client may wait without the client
+    /// reading any of it; past that the connection is closed (a stream's slot with
+    /// it). Every write the client takes bytes of starts the count again, so a slow
+    /// reader of a long response is not cut. From 1 to 86400000 (a day).
+    #[arg(
+        long,
+        env = "ALLSOURCE_WRITE_TIMEOUT_MS",
+        value_name = "MS",
+        default_value_t = WRITE_TIMEOUT_DEFAULT.as_millis() as u64,
+        value_parser = clap::value_parser!(u64).range(1..=WRITE_TIMEOUT_MAX.as_millis() as u64)
+    )]
+    pub write_timeout_ms: u64,
+
     /// Subscriptions (GET /api/v1/events/stream): a heartbeat line goes out after this
     /// many milliseconds without any other line.
     #[arg(
@@ -187,6 +201,11 @@ impl Config {
             .with_request_timeout(Duration::from_millis(self.request_timeout_ms))
             .with_concurrent_requests_max(self.concurrent_requests_max)
             .with_subscriptions(Subscriptions::new(self.subscription_settings())))
+    }
+
+    /// How long a write to a connection may make no progress; see `--write-timeout-ms`.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 
     /// The settings of subscriptions.
@@ -424,6 +443,22 @@ mod tests {
         assert!(Config::try_parse_from(["allsource", "--request-timeout-ms", "0"]).is_err());
         assert!(Config::try_parse_from(["allsource", "--concurrent-requests-max", "0"]).is_err());
         assert!(Config::try_parse_from(["allsource", "--concurrent-requests-max", "x"]).is_err());
+    }
+
+    #[test]
+    fn write_timeout() {
+        let parse = |args: &[&str]| Config::try_parse_from([&["allsource"], args].concat());
+        assert_eq!(parse(&[]).unwrap().write_timeout(), WRITE_TIMEOUT_DEFAULT);
+        assert_eq!(
+            parse(&["--write-timeout-ms", "250"]).unwrap().write_timeout(),
+            Duration::from_millis(250)
+        );
+        let max = WRITE_TIMEOUT_MAX.as_millis().to_string();
+        assert_eq!(parse(&["--write-timeout-ms", &max]).unwrap().write_timeout(), WRITE_TIMEOUT_MAX);
+        let past_max = (WRITE_TIMEOUT_MAX.as_millis() + 1).to_string();
+        for bad in ["0", "-1", "x", "", past_max.as_str()] {
+            assert!(parse(&["--write-timeout-ms", bad]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -29,9 +29,10 @@
 //! engine's types), `handlers` (thin: extract, call the engine, map the result),
 //! `export` (Parquet and Arrow exports, streamed from a blocking thread), `routes`
 //! (the router and its layers), [`auth`] (API keys), [`limits`] (request slots and
-//! time limits), [`tls`] (serving over TLS with rustls), `stream` (subscriptions:
-//! catch-up, then live events, as NDJSON or Server-Sent Events) and [`metrics`]
-//! (`GET /metrics` for Prometheus, request ids and the request span).
+//! time limits), [`tls`] (serving over TLS with rustls), [`write_timeout`] (closing
+//! connections whose client stopped reading), `stream` (subscriptions: catch-up, then
+//! live events, as NDJSON or Server-Sent Events) and [`metrics`] (`GET /metrics` for
+//! Prometheus, request ids and the request span).
 
 pub mod auth;
 pub mod config;
@@ -46,6 +47,7 @@ pub mod options;
 mod routes;
 mod stream;
 pub mod tls;
+pub mod write_timeout;
 
 pub use allsource_core::EventStore;
 pub use auth::{ApiKey, ApiKeys, Role};

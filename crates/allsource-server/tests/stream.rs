@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::process::{request_bytes, Server};
-use common::{all_events_paged, append, append_batch, check, encode, event, stats, Req};
+use common::{all_events_paged, append, append_batch, check, encode, event, stats, Client, Req};
 use serde_json::{json, Value};
 
 /// How long a read of the stream may wait for the next line.
@@ -401,10 +401,14 @@ fn the_subscriber_limit_gives_429() {
 /// A client that opens a stream and never reads is cut off once its buffer stays full
 /// for the grace (here 1 KiB and 200 ms), while appends go on completing promptly; when
 /// it reads after all, it finds the events in order, then the error line, then the end.
+/// (Its connection would be closed after `--write-timeout-ms`, set far longer than
+/// this test takes.)
 #[test]
 fn a_stalled_client_is_cut_off_while_appends_go_on() {
     let server = Server::start_with(&[
         "--in-memory",
+        "--write-timeout-ms",
+        "600000",
         "--subscriber-buffer-bytes",
         "1024",
         "--subscriber-stall-ms",
@@ -458,6 +462,69 @@ fn a_stalled_client_is_cut_off_while_appends_go_on() {
         assert!(Instant::now() < deadline, "the stalled stream's slot was not given back");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The subscriptions open now, from `GET /metrics`.
+fn subscribers(server: &Server) -> u64 {
+    let reply = server.send(Req::get("/metrics"));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    common::subscribers_open(&reply.text())
+}
+
+/// A client that opens a stream and then never reads loses its connection once the
+/// server's writes to it make no progress for `--write-timeout-ms` (here 300 ms),
+/// and its subscriber slot with it, while appends go on completing promptly. The
+/// response it had is cut short: the server could not send its end.
+#[test]
+fn a_client_that_stops_reading_loses_its_connection_and_its_slot() {
+    let server = Server::start_with(&[
+        "--in-memory",
+        "--subscriber-buffer-bytes",
+        "1024",
+        "--subscriber-stall-ms",
+        "200",
+        "--write-timeout-ms",
+        "300",
+        "--max-subscribers",
+        "1",
+    ]);
+    let mut stalled = Subscriber::open(server.addr, "/api/v1/events/stream", &[]);
+    assert_eq!(stalled.status, 200);
+    assert_eq!(subscribers(&server), 1);
+    // 30 MB of events: far more than the socket buffers on both sides and the HTTP
+    // layer's buffer hold.
+    let pad = "p".repeat(30_000);
+    let mut slowest = Duration::ZERO;
+    for batch in 0..40 {
+        let events: Vec<Value> =
+            (0..25).map(|i| event(&format!("e{i}"), "t", json!({"b": batch, "pad": pad}))).collect();
+        let started = Instant::now();
+        append_batch(&server, &events);
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(5), "an append took {slowest:?} while a client stalled");
+
+    // The stalled client still holds its socket open, without reading.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while subscribers(&server) != 0 {
+        assert!(Instant::now() < deadline, "the stalled connection was not closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its slot is free again, and appends go on.
+    let mut next =
+        Subscriber::start(server.addr, "/api/v1/events/stream?after=1000", &[], "application/x-ndjson");
+    assert_eq!(next.next_json().unwrap(), json!({"type": "caught_up", "position": 1000}));
+    append(&server, &event("after", "t", json!({})));
+    assert_eq!(next.next_json().unwrap()["event"]["position"], 1001);
+
+    // What the kernel still held reaches the stalled client, then the connection ends
+    // without the response's terminating chunk.
+    let mut rest = Vec::new();
+    match stalled.reader.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
+    }
+    assert!(!rest.ends_with(b"\r\n0\r\n\r\n"), "the response ended whole: the connection was not cut");
 }
 
 /// Bad filters, a bad `Last-Event-ID`, unknown parameters and a wrong method get the

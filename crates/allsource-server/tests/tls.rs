@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -148,6 +148,94 @@ fn keys_over_tls() {
     assert_error(&reply, 401, "Unauthorized", "no key over TLS");
     let append = append.header("authorization", "Bearer tls-writer-key");
     json_of(&send_tls(&client, server.addr, &append).unwrap(), 201);
+}
+
+/// A TLS connection to `localhost` at `addr` whose request was sent and whose reply
+/// head was read, byte by byte (so no more of the body is read); and the status.
+fn open_tls(
+    config: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    req: &Req,
+) -> (u16, StreamOwned<ClientConnection, TcpStream>) {
+    let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+    tcp.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let connection =
+        ClientConnection::new(config.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut stream = StreamOwned::new(connection, tcp);
+    stream.write_all(&request_bytes(addr, req)).unwrap();
+    stream.flush().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{head:?}"));
+    (status, stream)
+}
+
+/// Over TLS too, a client that opens a stream and then never reads loses its
+/// connection once writes to it make no progress for `--write-timeout-ms`, and its
+/// subscriber slot with it, while appends go on.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_over_tls() {
+    let certificate = self_signed();
+    let server = start_tls(
+        &certificate,
+        &[
+            "--subscriber-buffer-bytes",
+            "1024",
+            "--subscriber-stall-ms",
+            "200",
+            "--write-timeout-ms",
+            "300",
+            "--max-subscribers",
+            "1",
+        ],
+    );
+    let client = client_config(&[&certificate.der]);
+    let deadline = Instant::now() + WAIT;
+    while send_tls(&client, server.addr, &Req::get("/health")).is_err() {
+        assert!(Instant::now() < deadline, "no TLS answer");
+        std::thread::yield_now();
+    }
+    let subscribers = || {
+        let reply = send_tls(&client, server.addr, &Req::get("/metrics")).unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        common::subscribers_open(&reply.text())
+    };
+    let stream = Req::get("/api/v1/events/stream");
+    let (status, mut stalled) = open_tls(&client, server.addr, &stream);
+    assert_eq!(status, 200);
+    assert_eq!(subscribers(), 1);
+
+    // 30 MB of events, far more than the buffers on the way hold.
+    let pad = "p".repeat(30_000);
+    for batch in 0..40 {
+        let events: Vec<Value> =
+            (0..25).map(|i| event(&format!("e{i}"), "t", json!({"b": batch, "pad": pad}))).collect();
+        let append = Req::post_json("/api/v1/events/batch", &json!({ "events": events }));
+        json_of(&send_tls(&client, server.addr, &append).unwrap(), 201);
+    }
+
+    let deadline = Instant::now() + WAIT;
+    while subscribers() != 0 {
+        assert!(Instant::now() < deadline, "the stalled TLS connection was not closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _next) = open_tls(&client, server.addr, &stream);
+    assert_eq!(status, 200, "the slot was not given back");
+
+    // The stalled client reads what the kernel held, then the connection ends (without
+    // TLS's close_notify, as a cut connection does), never with the response's end.
+    let mut rest = Vec::new();
+    if let Err(error) = stalled.read_to_end(&mut rest) {
+        let kinds = [std::io::ErrorKind::UnexpectedEof, std::io::ErrorKind::ConnectionReset];
+        assert!(kinds.contains(&error.kind()), "the connection did not end: {error}");
+    }
+    assert!(!rest.ends_with(b"\r\n0\r\n\r\n"), "the response ended whole: the connection was not cut");
 }
 
 fn start_failure(args: &[&str]) -> (Option<i32>, String) {

@@ -177,6 +177,15 @@ pub fn stats(client: &impl Client) -> Value {
     ok(client, Req::get("/api/v1/stats"), 200)
 }
 
+/// The subscriptions open now, from a `GET /metrics` reply's text.
+pub fn subscribers_open(metrics_text: &str) -> u64 {
+    let line = metrics_text.lines().find(|line| line.starts_with("allsource_subscribers "));
+    let value = line.and_then(|line| line.split(' ').nth(1)).unwrap_or_else(|| {
+        panic!("no allsource_subscribers gauge in:\n{metrics_text}");
+    });
+    value.parse().unwrap()
+}
+
 /// Every event in the store, in position order (at most 10,000).
 pub fn all_events(client: &impl Client) -> Vec<Value> {
     let body = ok(client, Req::get("/api/v1/events/query?limit=10000"), 200);
