@@ -71,7 +71,12 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&load_dir).with_context(|| format!("could not create {}", load_dir.display()))?;
 
     let needs_server = options.scenarios.iter().any(|s| *s != Scenario::Baseline);
-    let binary = if needs_server {
+    let binary = if let (true, Some(path)) = (needs_server, &options.binary) {
+        if !path.is_file() {
+            bail!("no server binary at {}", path.display());
+        }
+        Some(path.clone())
+    } else if needs_server {
         if options.build {
             run_cargo(["build", "--release", "-p", "allsource-server"])?;
         }
@@ -884,6 +889,7 @@ mod tests {
                 client_threads: 1,
                 sync: args::SyncMode::Always,
                 build: false,
+                binary: None,
             };
             let outcome = subscribe_scenario(addr, &options, false).await;
             assert_eq!(outcome, Outcome::Skipped("endpoint missing (404)".to_string()));

@@ -25,6 +25,7 @@ options:
   --client-threads N  the load client's tokio worker threads (default: the number of cores)
   --sync MODE         the server's --sync: always (default, durable) or none
   --no-build          use the release binary already in target/ instead of building it
+  --binary PATH       measure this server binary instead (no build): for A/B runs of two builds
 ";
 
 /// The bounds on each option, so that a typo cannot start an hour-long run.
@@ -131,8 +132,10 @@ pub struct Options {
     pub client_threads: usize,
     /// The server's `--sync`.
     pub sync: SyncMode,
-    /// Build the release binary first (not with `--no-build`).
+    /// Build the release binary first (not with `--no-build` or `--binary`).
     pub build: bool,
+    /// The server binary to measure instead of the workspace's release build.
+    pub binary: Option<std::path::PathBuf>,
 }
 
 /// What the command line asks for.
@@ -161,6 +164,7 @@ pub fn parse(args: &[String]) -> Result<Command> {
         client_threads: cores,
         sync: SyncMode::Always,
         build: true,
+        binary: None,
     };
     let mut baseline = false;
     let mut args = args.iter();
@@ -180,6 +184,10 @@ pub fn parse(args: &[String]) -> Result<Command> {
             "--baseline" | "--no-build" if inline.is_some() => bail!("{flag} takes no value"),
             "--baseline" => baseline = true,
             "--no-build" => options.build = false,
+            "--binary" => {
+                options.binary = Some(value()?.into());
+                options.build = false;
+            }
             "--connections" => options.connections = parse_size(flag, &value()?, CONNECTIONS_MAX)?,
             "--duration" => options.duration = parse_seconds(flag, &value()?)?,
             "--events" => options.n_events = parse_count(flag, &value()?, 0, EVENTS_MAX)?,
@@ -310,6 +318,9 @@ mod tests {
         assert_eq!(run(&["--duration", "5s"]).unwrap().duration, Duration::from_secs(5));
         assert_eq!(run(&["--scenarios", "baseline"]).unwrap().scenarios, [Scenario::Baseline]);
         assert_eq!(parse(&["--help".to_string()]).unwrap(), Command::Help);
+        let other = run(&["--binary", "/tmp/allsource.a"]).unwrap();
+        assert_eq!(other.binary.as_deref(), Some(std::path::Path::new("/tmp/allsource.a")));
+        assert!(!other.build);
     }
 
     #[test]
@@ -327,6 +338,7 @@ mod tests {
             &["--scenarios", "append,nope"],
             &["--scenarios", ","],
             &["--baseline=yes"],
+            &["--binary"],
             &["--bogus"],
         ] {
             assert!(run(args).is_err(), "{args:?} was accepted");

@@ -467,6 +467,7 @@ mod tests {
             client_threads: 2,
             sync: SyncMode::Always,
             build: true,
+            binary: None,
         }
     }
 
