@@ -2,7 +2,8 @@
 //! ([`ProposedEvent`]) and what the store keeps ([`Event`]).
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::limits::{METADATA_BYTES_MAX, PAYLOAD_BYTES_MAX};
@@ -48,8 +49,8 @@ impl Event {
     pub fn same_content(&self, proposal: &ProposedEvent) -> bool {
         self.event_type == proposal.event_type
             && self.entity_id == proposal.entity_id
-            && self.payload == proposal.payload_json
-            && self.metadata == proposal.metadata
+            && self.payload.same_value(&proposal.payload_json)
+            && self.metadata.same_value(&proposal.metadata)
     }
 }
 
@@ -98,6 +99,31 @@ impl NewEvent {
     }
 }
 
+/// An event as the HTTP API receives it, its JSON borrowed from the request body: the
+/// payload and metadata are checked to be JSON and kept as sent, without whitespace
+/// ([`Json::compact`]), never parsed into `Value`s. The same fields and rules as
+/// [`NewEvent`]; turn it into a [`ProposedEvent`] with `TryFrom`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNewEvent<'a> {
+    /// What happened.
+    pub event_type: String,
+    /// The entity it belongs to.
+    pub entity_id: String,
+    /// Any JSON value.
+    #[serde(borrow)]
+    pub payload: &'a RawValue,
+    /// A JSON object, or `None` (absent or `null`) for `{}`.
+    #[serde(default, borrow)]
+    pub metadata: Option<&'a RawValue>,
+    /// A UUID for idempotent retries, or `None` to let the store make one.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The entity's version the append requires (0: no events yet), or `None` for any.
+    #[serde(default)]
+    pub expected_version: Option<Version>,
+}
+
 /// An event that passed every rule of the contract, waiting to be sequenced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProposedEvent {
@@ -107,8 +133,6 @@ pub struct ProposedEvent {
     pub event_type: EventType,
     /// The entity it belongs to.
     pub entity_id: EntityId,
-    /// The payload as parsed, for the projections that the append feeds.
-    pub payload: Value,
     /// The payload as compact text, at most [`PAYLOAD_BYTES_MAX`] bytes: what is stored.
     pub payload_json: Json,
     /// A JSON object of at most [`METADATA_BYTES_MAX`] bytes as compact text.
@@ -121,25 +145,98 @@ impl TryFrom<NewEvent> for ProposedEvent {
     type Error = Error;
 
     fn try_from(new: NewEvent) -> Result<Self, Error> {
-        let event_type = EventType::try_from(new.event_type)?;
-        let entity_id = EntityId::try_from(new.entity_id)?;
-        let id = match new.id {
+        let metadata = match new.metadata {
+            None | Some(Value::Null) => None,
+            Some(object @ Value::Object(_)) => Some(Json::from_value(&object)),
+            Some(_) => Some(Json::from_value(&Value::Null)),
+        };
+        ProposedEvent::checked(
+            new.event_type,
+            new.entity_id,
+            new.id,
+            || Ok(Json::from_value(&new.payload)),
+            metadata,
+            new.expected_version,
+        )
+    }
+}
+
+impl TryFrom<RawNewEvent<'_>> for ProposedEvent {
+    type Error = Error;
+
+    fn try_from(new: RawNewEvent<'_>) -> Result<Self, Error> {
+        let not_json = |what: &str, e: serde_json::Error| Error::InvalidEvent(format!("{what}: {e}"));
+        let metadata = match new.metadata {
+            None => None,
+            Some(raw) if raw.get() == "null" => None,
+            Some(raw) => Some(Json::compact(raw).map_err(|e| not_json("metadata", e))?),
+        };
+        ProposedEvent::checked(
+            new.event_type,
+            new.entity_id,
+            new.id,
+            || Json::compact(new.payload).map_err(|e| not_json("payload", e)),
+            metadata,
+            new.expected_version,
+        )
+    }
+}
+
+/// What the store's append methods take: an event to validate ([`NewEvent`],
+/// [`RawNewEvent`]) or one already validated ([`ProposedEvent`]).
+pub trait IntoProposal {
+    /// Checks every rule of the contract.
+    fn into_proposal(self) -> Result<ProposedEvent, Error>;
+}
+
+impl IntoProposal for ProposedEvent {
+    fn into_proposal(self) -> Result<ProposedEvent, Error> {
+        Ok(self)
+    }
+}
+
+impl IntoProposal for NewEvent {
+    fn into_proposal(self) -> Result<ProposedEvent, Error> {
+        ProposedEvent::try_from(self)
+    }
+}
+
+impl IntoProposal for RawNewEvent<'_> {
+    fn into_proposal(self) -> Result<ProposedEvent, Error> {
+        ProposedEvent::try_from(self)
+    }
+}
+
+impl ProposedEvent {
+    /// Every rule of the contract, in the order its errors are reported. `metadata`:
+    /// `None` for `{}`, else the client's value (an error unless an object).
+    fn checked(
+        event_type: String,
+        entity_id: String,
+        id: Option<String>,
+        payload: impl FnOnce() -> Result<Json, Error>,
+        metadata: Option<Json>,
+        expected_version: Option<Version>,
+    ) -> Result<Self, Error> {
+        let event_type = EventType::try_from(event_type)?;
+        let entity_id = EntityId::try_from(entity_id)?;
+        let id = match id {
             None => None,
             Some(text) => Some(
                 Uuid::try_parse(&text)
                     .map_err(|e| Error::Validation(format!("id {text:?} is not a UUID: {e}")))?,
             ),
         };
-        let payload_json = Json::from_value(&new.payload);
+        let payload_json = payload()?;
         let payload_bytes = payload_json.len();
         if payload_bytes > PAYLOAD_BYTES_MAX {
             return Err(Error::PayloadTooLarge(format!(
                 "payload is {payload_bytes} bytes as compact JSON, over the limit of {PAYLOAD_BYTES_MAX}"
             )));
         }
-        let metadata = match new.metadata {
-            None | Some(Value::Null) => Json::from_value(&Value::Object(Map::new())),
-            Some(object @ Value::Object(_)) => Json::from_value(&object),
+        let metadata = match metadata {
+            None => Json::empty_object(),
+            Some(object) if object.as_str().starts_with('{') => object,
             Some(_) => return Err(Error::InvalidEvent("metadata must be a JSON object".to_string())),
         };
         let metadata_bytes = metadata.len();
@@ -148,15 +245,7 @@ impl TryFrom<NewEvent> for ProposedEvent {
                 "metadata is {metadata_bytes} bytes as compact JSON, over the limit of {METADATA_BYTES_MAX}"
             )));
         }
-        Ok(ProposedEvent {
-            id,
-            event_type,
-            entity_id,
-            payload: new.payload,
-            payload_json,
-            metadata,
-            expected_version: new.expected_version,
-        })
+        Ok(ProposedEvent { id, event_type, entity_id, payload_json, metadata, expected_version })
     }
 }
 

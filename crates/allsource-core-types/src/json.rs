@@ -15,7 +15,10 @@ use serde_json::Value;
 /// A JSON value as compact text (no insignificant whitespace), valid by construction.
 ///
 /// Two `Json`s made from equal `Value`s hold the same text (object keys sorted, numbers
-/// in one canonical form), so comparing texts compares values.
+/// in one canonical form). One made from a client's text ([`Json::compact`]) keeps
+/// that text as it was sent, only without whitespace: its keys in the client's order,
+/// its numbers and escapes as written. Equality compares texts; [`Json::same_value`]
+/// compares what they mean.
 ///
 /// ```
 /// use allsource_core_types::Json;
@@ -45,6 +48,63 @@ impl Json {
         RawValue::from_string(text).map(Json)
     }
 
+    /// `raw` without its insignificant whitespace: otherwise the text as it is, not
+    /// parsed into a `Value` when it need not be.
+    ///
+    /// serde_json checks a raw value's syntax but not what parsing it would refuse:
+    /// an escaped lone surrogate (`"\ud800"`) or a number beyond `f64`'s range
+    /// (`1e400`). A text that has a `\u` escape, an exponent or a very long number is
+    /// parsed to find out; an error says why it is not acceptable JSON.
+    ///
+    /// ```
+    /// use allsource_core_types::Json;
+    /// use serde_json::value::RawValue;
+    ///
+    /// let raw: Box<RawValue> = serde_json::from_str(r#"{ "z": "a b", "a" : [1, 2.50] }"#).unwrap();
+    /// assert_eq!(Json::compact(&raw).unwrap().as_str(), r#"{"z":"a b","a":[1,2.50]}"#);
+    /// let lone: Box<RawValue> = serde_json::from_str(r#""\ud800""#).unwrap();
+    /// assert!(Json::compact(&lone).is_err());
+    /// ```
+    pub fn compact(raw: &RawValue) -> Result<Json, serde_json::Error> {
+        let text = raw.get();
+        let scan = Scan::of(text);
+        if scan.needs_parse {
+            serde_json::from_str::<Value>(text)?;
+        }
+        let Some(first_space) = scan.first_whitespace else { return Ok(Json(raw.to_owned())) };
+        let mut compact = String::with_capacity(text.len());
+        compact.push_str(&text[..first_space]);
+        let mut in_string = false;
+        let mut escaped = false;
+        for c in text[first_space..].chars() {
+            if in_string {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => in_string = false,
+                    _ => {}
+                }
+            } else if c == '"' {
+                in_string = true;
+            } else if matches!(c, ' ' | '\t' | '\n' | '\r') {
+                continue;
+            }
+            compact.push(c);
+        }
+        RawValue::from_string(compact).map(Json)
+    }
+
+    /// Whether the two texts are the same JSON value (as `Value`s: object keys in any
+    /// order); equal texts are, without parsing.
+    pub fn same_value(&self, other: &Json) -> bool {
+        self == other || self.to_value() == other.to_value()
+    }
+
+    /// The empty object, `{}`.
+    pub fn empty_object() -> Json {
+        Json::from_value(&Value::Object(serde_json::Map::new()))
+    }
+
     /// JSON `null`.
     pub fn null() -> Json {
         // serde_json's default raw value is `null`.
@@ -70,6 +130,62 @@ impl Json {
     pub fn to_value(&self) -> Value {
         // Valid JSON by construction: parsing cannot fail.
         serde_json::from_str(self.0.get()).unwrap_or(Value::Null)
+    }
+}
+
+/// What one pass over a JSON text (valid syntax) finds.
+struct Scan {
+    /// The byte offset of the first whitespace outside a string.
+    first_whitespace: Option<usize>,
+    /// Whether the text has something only a parse can tell is acceptable: a `\u`
+    /// escape, an exponent, a run of digits long enough to leave `f64`'s range, or
+    /// arrays and objects nested deeper than a parse allows.
+    needs_parse: bool,
+}
+
+impl Scan {
+    /// More digits than this in a row may be out of `f64`'s range (about 1.8e308).
+    const DIGITS_MAX: usize = 300;
+    /// Deeper nesting than this may be past serde_json's recursion limit (128).
+    const DEPTH_MAX: usize = 100;
+
+    fn of(text: &str) -> Scan {
+        let bytes = text.as_bytes();
+        let mut scan = Scan { first_whitespace: None, needs_parse: false };
+        let mut digits = 0;
+        let mut depth = 0usize;
+        let mut i = 0;
+        while i < bytes.len() {
+            let byte = bytes[i];
+            match byte {
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    scan.first_whitespace.get_or_insert(i);
+                }
+                b'[' | b'{' => {
+                    depth += 1;
+                    scan.needs_parse |= depth > Scan::DEPTH_MAX;
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                b'"' => {
+                    // To the closing quote, over escapes.
+                    i += 1;
+                    while i < bytes.len() && bytes[i] != b'"' {
+                        if bytes[i] == b'\\' {
+                            scan.needs_parse |= bytes.get(i + 1) == Some(&b'u');
+                            i += 1;
+                        }
+                        i += 1;
+                    }
+                }
+                // After a digit or a point: an exponent, not the `e` of `true`.
+                b'e' | b'E' if i > 0 && matches!(bytes[i - 1], b'0'..=b'9' | b'.') => scan.needs_parse = true,
+                _ => {}
+            }
+            digits = if byte.is_ascii_digit() { digits + 1 } else { 0 };
+            scan.needs_parse |= digits > Scan::DIGITS_MAX;
+            i += 1;
+        }
+        scan
     }
 }
 
@@ -149,6 +265,49 @@ mod tests {
             serde_json::from_str(r#"{"f": 0.1, "a": 18446744073709551615, "b":[1,2.5,"é"]}"#).unwrap();
         assert_eq!(parsed, text);
         assert_eq!(Json::null().as_str(), "null");
+    }
+
+    #[test]
+    fn client_text_is_kept_without_whitespace() {
+        let compact =
+            |text: &str| Json::compact(&serde_json::from_str::<Box<RawValue>>(text).unwrap()).unwrap();
+        for (sent, kept) in [
+            (r#"{"b":1,"a":[true,null]}"#, r#"{"b":1,"a":[true,null]}"#),
+            (" {\n\t\"b\" : 1 ,\r\n \"a\": [ true , null ] }\n", r#"{"b":1,"a":[true,null]}"#),
+            (r#"{"s": "a \" b\\", "t" : "\u00e9 \\"}"#, r#"{"s":"a \" b\\","t":"\u00e9 \\"}"#),
+            (r#"[ 1E2 , -0 , 18446744073709551616123 ]"#, r#"[1E2,-0,18446744073709551616123]"#),
+            (r#"" padded string ""#, r#"" padded string ""#),
+            ("7", "7"),
+        ] {
+            let json = compact(sent);
+            assert_eq!(json.as_str(), kept, "{sent:?}");
+            assert_eq!(json.to_value(), serde_json::from_str::<Value>(sent).unwrap(), "{sent:?}");
+        }
+    }
+
+    #[test]
+    fn what_a_parse_refuses_is_refused() {
+        let compact = |text: &str| Json::compact(&serde_json::from_str::<Box<RawValue>>(text).unwrap());
+        let long = format!("[{}]", "9".repeat(400));
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for bad in [r#""\ud800""#, r#"{"a": ["x\udfff"]}"#, "1e400", "[-2.5E+999]", &long, &deep] {
+            assert!(serde_json::from_str::<Value>(bad).is_err(), "serde_json takes {bad}");
+            assert!(compact(bad).is_err(), "{bad} was taken");
+        }
+        let nested = format!("{}{}", "[".repeat(120), "]".repeat(120));
+        for good in [r#""\ud83d\ude00 \u00e9""#, "[1e300, 2E-5, true, false]", &"9".repeat(300), &nested] {
+            assert_eq!(compact(good).unwrap().to_value(), serde_json::from_str::<Value>(good).unwrap());
+        }
+    }
+
+    #[test]
+    fn same_value_ignores_key_order() {
+        let compact =
+            |text: &str| Json::compact(&serde_json::from_str::<Box<RawValue>>(text).unwrap()).unwrap();
+        assert!(compact(r#"{"a":1,"b":[2]}"#).same_value(&compact(r#"{"b": [2], "a": 1}"#)));
+        assert!(compact(r#"{"b":[2],"a":1}"#).same_value(&Json::from(json!({"a": 1, "b": [2]}))));
+        assert!(!compact(r#"{"a":1}"#).same_value(&compact(r#"{"a":1.0}"#)));
+        assert!(!compact(r#"{"a":1}"#).same_value(&compact(r#"{"a":2}"#)));
     }
 
     #[test]

@@ -26,7 +26,7 @@ mod query;
 mod time;
 
 pub use error::{Error, Result};
-pub use event::{Event, NewEvent, ProposedEvent};
+pub use event::{Event, IntoProposal, NewEvent, ProposedEvent, RawNewEvent};
 pub use ids::{EntityId, EventType};
 pub use json::Json;
 pub use query::{Query, QueryEventsRequest};

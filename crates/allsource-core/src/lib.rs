@@ -33,8 +33,8 @@ mod store;
 mod table;
 
 pub use allsource_core_types::{
-    limits, EntityId, Error, Event, EventType, NewEvent, Position, ProposedEvent, Query, QueryEventsRequest,
-    Result, Timestamp, Version,
+    limits, EntityId, Error, Event, EventType, IntoProposal, NewEvent, Position, ProposedEvent, Query,
+    QueryEventsRequest, RawNewEvent, Result, Timestamp, Version,
 };
 pub use allsource_storage::{
     DurableLog, HistogramSnapshot, Log, LogInfo, MemoryLog, Recovered, RecoveryReport, SyncMode, Wal,
@@ -42,7 +42,7 @@ pub use allsource_storage::{
 };
 pub use commit::Ticket;
 pub use store::{Appended, BatchAppended, EntityState, EventStore, ExportFormat, QueryPage, Stats, ViewPage};
-pub use table::EventView;
+pub use table::{write_json_array, EventView};
 
 /// Projections: the trait to implement for a custom one, and the built-in ones.
 pub mod projection {

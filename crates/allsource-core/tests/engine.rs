@@ -129,7 +129,7 @@ fn batches_are_atomic() {
     assert_eq!(placed, vec![(2, 2), (3, 1), (4, 3)]);
     assert!(ok.events.iter().all(|e| e.timestamp == ok.events[0].timestamp));
 
-    let empty = store.append_batch(Vec::new()).unwrap_err();
+    let empty = store.append_batch(Vec::<NewEvent>::new()).unwrap_err();
     assert_eq!(empty.code(), "ValidationError");
     let too_many = (0..10_001).map(|i| new("t", "c", json!(i))).collect();
     assert_eq!(store.append_batch(too_many).unwrap_err().code(), "ValidationError");
@@ -223,6 +223,46 @@ fn state_replays_merge_patches_and_equals_snapshot() {
     assert_eq!(store.reconstruct_state("nobody", None).unwrap_err().code(), "EntityNotFound");
     assert_eq!(store.snapshot("nobody").unwrap_err().code(), "EntityNotFound");
     assert_eq!(store.snapshot("").unwrap_err().code(), "ValidationError");
+}
+
+/// The state at each event's timestamp is the merge of the events up to it, whether it
+/// comes from the snapshot (the current version) or from a replay (an earlier one, or
+/// no snapshot at all).
+#[test]
+fn state_as_of_each_event_is_the_merge_of_its_prefix() {
+    let store = EventStore::new();
+    let mut appended = Vec::new();
+    for i in 0..30 {
+        let patch = if i % 7 == 6 { json!({"k0": null}) } else { json!({format!("k{}", i % 4): i, "n": i}) };
+        store.ingest(new("t", "other", json!({"noise": i}))).unwrap();
+        appended.push((store.ingest(new("t", "acct", patch.clone())).unwrap(), patch));
+    }
+    let expect_at = |as_of: Timestamp| {
+        let mut state = Value::Null;
+        let mut version = 0;
+        for (event, patch) in appended.iter().filter(|(e, _)| e.timestamp <= as_of) {
+            allsource_core::projection::apply_merge_patch(&mut state, patch);
+            version = event.version;
+        }
+        (state, version)
+    };
+    let check = |store: &EventStore| {
+        for (event, _) in &appended {
+            let state = store.reconstruct_state("acct", Some(event.timestamp)).unwrap();
+            let (expected, version) = expect_at(event.timestamp);
+            assert_eq!((&state.state, state.version), (&expected, version), "as of {}", event.timestamp);
+            assert_eq!(state.as_of, Some(event.timestamp));
+        }
+        let now = store.reconstruct_state("acct", None).unwrap();
+        assert_eq!((now.state, now.version, now.as_of), (expect_at(Timestamp::MAX).0, 30, None));
+    };
+    check(&store);
+    assert_eq!(store.snapshot("acct").unwrap(), store.reconstruct_state("acct", None).unwrap());
+
+    // Without snapshots every state is a replay, and still the same.
+    store.projection("entity_snapshots").unwrap().clear();
+    assert_eq!(store.snapshot("acct").unwrap_err().code(), "EntityNotFound");
+    check(&store);
 }
 
 /// A custom projection: the sum of `amount` per entity, and the positions it saw.

@@ -50,14 +50,6 @@ pub trait Projection: Send + Sync {
     /// text; `event.payload.to_value()` parses it.
     fn process(&self, event: &Event) -> Result<()>;
 
-    /// [`Projection::process`], with the payload already parsed: the engine has it
-    /// from the append and passes it on, so that a projection that needs the value
-    /// does not parse the text again. The default ignores it and calls `process`.
-    fn process_parsed(&self, event: &Event, payload: &Value) -> Result<()> {
-        let _ = payload;
-        self.process(event)
-    }
-
     /// The projection's state for `key`, or `None` when it has none.
     fn get_state(&self, key: &str) -> Option<Value>;
 
@@ -166,6 +158,12 @@ impl EntitySnapshots {
         self.snapshots.get(entity_id).map(|s| s.snapshot())
     }
 
+    /// The snapshot of `entity_id` if it is at exactly `version`: then it is what a
+    /// replay of the entity's events up to that version gives.
+    pub fn snapshot_at(&self, entity_id: &str, version: Version) -> Option<Snapshot> {
+        self.snapshots.get(entity_id).filter(|s| s.version == version).map(|s| s.snapshot())
+    }
+
     /// How many entities have a snapshot.
     pub fn len(&self) -> usize {
         self.snapshots.len()
@@ -182,21 +180,17 @@ impl Projection for EntitySnapshots {
         Self::NAME
     }
 
-    fn process(&self, event: &Event) -> Result<()> {
-        self.process_parsed(event, &event.payload.to_value())
-    }
-
     /// An event at or below the entity's version is already in its state (a restore
     /// from a checkpoint taken while events were applied, then the replay of the events
     /// after the checkpoint's position): it is ignored.
-    fn process_parsed(&self, event: &Event, payload: &Value) -> Result<()> {
+    fn process(&self, event: &Event) -> Result<()> {
         let mut stored = self.snapshots.entry(event.entity_id.clone()).or_insert_with(|| Stored {
             state: Arc::new(Value::Null),
             version: 0,
             last_event_at: Timestamp::MIN,
         });
         if event.version > stored.version {
-            apply_merge_patch(Arc::make_mut(&mut stored.state), payload);
+            apply_merge_patch(Arc::make_mut(&mut stored.state), &event.payload.to_value());
             stored.version = event.version;
             stored.last_event_at = event.timestamp;
         }
@@ -424,12 +418,11 @@ impl ProjectionRegistry {
     }
 
     /// Feeds one committed event to every projection not named in `except`, in
-    /// registration order, with its parsed payload when the caller has it; returns the
-    /// failures, by projection name, for the caller to report.
+    /// registration order; returns the failures, by projection name, for the caller to
+    /// report.
     pub fn process_except(
         &self,
         event: &Event,
-        payload: Option<&Value>,
         except: &[String],
     ) -> Vec<(String, allsource_core_types::Error)> {
         let mut failures = Vec::new();
@@ -437,11 +430,7 @@ impl ProjectionRegistry {
             if except.iter().any(|name| name == projection.name()) {
                 continue;
             }
-            let result = match payload {
-                Some(payload) => projection.process_parsed(event, payload),
-                None => projection.process(event),
-            };
-            if let Err(error) = result {
+            if let Err(error) = projection.process(event) {
                 failures.push((projection.name().to_string(), error));
             }
         }
@@ -449,12 +438,8 @@ impl ProjectionRegistry {
     }
 
     /// Feeds one committed event to every projection; see [`ProjectionRegistry::process_except`].
-    pub fn process(
-        &self,
-        event: &Event,
-        payload: Option<&Value>,
-    ) -> Vec<(String, allsource_core_types::Error)> {
-        self.process_except(event, payload, &[])
+    pub fn process(&self, event: &Event) -> Vec<(String, allsource_core_types::Error)> {
+        self.process_except(event, &[])
     }
 }
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use allsource_core::projection::EntitySnapshots;
 use allsource_core::{
-    EntityId, Error, Event, EventStore, LogInfo, Position, Stats, Timestamp, Uuid, Version, ViewPage,
+    write_json_array, EntityId, Error, Event, EventStore, LogInfo, Position, Stats, Timestamp, Uuid, Version,
+    ViewPage,
 };
 use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, VARY};
@@ -148,19 +149,13 @@ fn json_response(body: Vec<u8>) -> Response {
 /// copied from their columns, never parsed or made into event objects.
 fn render_query_page(page: &ViewPage) -> Vec<u8> {
     use std::io::Write;
-    let mut body =
-        Vec::with_capacity(64 + page.events.iter().map(|e| e.payload().len() + 256).sum::<usize>());
-    body.extend_from_slice(b"{\"events\":[");
-    for (index, event) in page.events.iter().enumerate() {
-        if index > 0 {
-            body.push(b',');
-        }
-        event.write_json(&mut body);
-    }
+    let mut body = Vec::with_capacity(64);
+    body.extend_from_slice(b"{\"events\":");
+    write_json_array(&page.events, &mut body);
     // Writing to a Vec cannot fail.
     let _ = match page.next_after {
-        Some(after) => write!(body, "],\"count\":{},\"next_after\":{after}}}", page.events.len()),
-        None => write!(body, "],\"count\":{},\"next_after\":null}}", page.events.len()),
+        Some(after) => write!(body, ",\"count\":{},\"next_after\":{after}}}", page.events.len()),
+        None => write!(body, ",\"count\":{},\"next_after\":null}}", page.events.len()),
     };
     body
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 macro_rules! shared_scenario_tests {
     ($client:expr) => {
         $crate::common::shared_scenario_tests!(@tests $client;
-            scenarios: health, append_and_read_back, round_trip_exactness, routing_errors,
+            scenarios: health, append_and_read_back, round_trip_exactness, payload_text_as_sent, routing_errors,
                 content_type_errors, body_errors, not_found_errors, size_limits, body_too_large,
                 declared_body_too_large, query_validation, paging, as_of_state,
                 percent_encoded_entity_ids, idempotent_retry, batch_append, batch_atomicity,

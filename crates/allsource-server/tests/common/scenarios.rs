@@ -107,6 +107,44 @@ pub fn round_trip_exactness(c: &impl Client) {
     assert_eq!(by_id["metadata"]["trace"], "\u{0}\u{1F600}");
 }
 
+/// A payload and metadata come back as the client wrote them, only without whitespace:
+/// keys in the client's order, numbers and escapes as written; a retry that writes the
+/// same values differently is the same event.
+pub fn payload_text_as_sent(c: &impl Client) {
+    let id = "0190f0c4-6a1e-7c3a-9d4e-1b2c3d4e5f62";
+    let text = format!(
+        "{{\"id\":\"{id}\", \"event_type\" : \"t\", \"entity_id\": \"kept\",\n \"payload\" : {{ \"z\" : 1 ,\
+         \"a\": {{\"y\": [1, 2.50, \"a b\", \"\\u00e9\"], \"b\": -0}} }},\t\"metadata\": {{ \"m\" : 1E2 }} }}"
+    );
+    let payload = r#""payload":{"z":1,"a":{"y":[1,2.50,"a b","\u00e9"],"b":-0}},"metadata":{"m":1E2}"#;
+    let reply = c.send(Req::post("/api/v1/events", Some("application/json"), text.as_str()));
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert!(reply.text().contains(payload), "{}", reply.text());
+    for target in [format!("/api/v1/events/{id}"), "/api/v1/events/query?entity_id=kept".to_string()] {
+        let reply = c.send(Req::get(target.as_str()));
+        assert!(reply.text().contains(payload), "{target}: {}", reply.text());
+    }
+    let state = ok(c, Req::get("/api/v1/entities/kept/state"), 200);
+    assert_eq!(state["state"], json!({"z": 1, "a": {"y": [1, 2.5, "a b", "é"], "b": -0.0}}));
+
+    // The same values, other keys' order and spelling: an idempotent retry.
+    let retry = format!(
+        r#"{{"id":"{id}","entity_id":"kept","event_type":"t","metadata":{{"m":100.0}},
+            "payload":{{"a":{{"b":-0,"y":[1,2.5,"a b","é"]}},"z":1}}}}"#
+    );
+    let reply = c.send(Req::post("/api/v1/events", Some("application/json"), retry.as_str()));
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.text().contains(payload), "{}", reply.text());
+    let changed = retry.replace(r#""z":1"#, r#""z":2"#);
+    check(
+        c,
+        Req::post("/api/v1/events", Some("application/json"), changed.as_str()),
+        409,
+        "DuplicateEventId",
+    );
+    assert_eq!(stats(c)["total_events"], 1);
+}
+
 pub fn routing_errors(c: &impl Client) {
     for target in ["/nope", "/api/v1", "/api/v1/nope", "/api/v1/events/", "/api/v2/stats", "/health/x"] {
         check(c, Req::get(target), 404, "NotFound");
