@@ -735,9 +735,16 @@ impl Inner {
         }
         self.ingested.fetch_add(events.len() as u64, Ordering::Relaxed);
         self.waiters.committed(last.position);
-        // Taking the sealer's lock orders this wake-up after its last check.
-        drop(self.sealer.0.lock());
-        self.sealer.1.notify_one();
+        // Only when a chunk is due: waking the sealer after every group costs a context
+        // switch each time. (A sealer busy sealing checks again before it waits.)
+        let chunk_due = self.log.chunk_events().is_some_and(|chunk_events| {
+            last.position.saturating_sub(self.log.sealed_position()) >= chunk_events
+        });
+        if chunk_due {
+            // Taking the sealer's lock orders this wake-up after its last check.
+            drop(self.sealer.0.lock());
+            self.sealer.1.notify_one();
+        }
     }
 
     /// The sealer: whenever `chunk_events` committed events follow the last sealed

@@ -29,11 +29,14 @@
 //! assert_eq!(snapshot.version, 2);
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use allsource_core_types::{EntityId, Event, EventType, Result, Timestamp, Version};
 use dashmap::DashMap;
 use parking_lot::RwLock;
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// A view of the log kept current as events are committed.
@@ -56,10 +59,11 @@ pub trait Projection: Send + Sync {
     /// Forgets everything, as before the first event.
     fn clear(&self);
 
-    /// The whole state, for a checkpoint, so that a restart need not replay the events
-    /// before it. `None` (the default): this projection is not checkpointed and is
-    /// rebuilt by replay.
-    fn checkpoint(&self) -> Option<Value> {
+    /// The whole state as JSON text, for a checkpoint, so that a restart need not
+    /// replay the events before it (`serde_json::value::to_raw_value` makes it).
+    /// `None` (the default): this projection is not checkpointed and is rebuilt by
+    /// replay.
+    fn checkpoint(&self) -> Option<Box<RawValue>> {
         None
     }
 
@@ -73,8 +77,8 @@ pub trait Projection: Send + Sync {
         false
     }
 
-    /// Replaces the whole state with one [`Projection::checkpoint`] returned. An error
-    /// makes the engine ignore the checkpoint and replay instead.
+    /// Replaces the whole state with one [`Projection::checkpoint`] returned (parsed).
+    /// An error makes the engine ignore the checkpoint and replay instead.
     fn restore(&self, state: Value) -> Result<()> {
         let _ = state;
         Err(allsource_core_types::Error::Internal(format!("projection '{}' cannot restore", self.name())))
@@ -216,17 +220,21 @@ impl Projection for EntitySnapshots {
         self.snapshots.clear();
     }
 
-    fn checkpoint(&self) -> Option<Value> {
-        // First the shared states (cheap, shard by shard), then the copy, with no lock.
-        let stored: Vec<(EntityId, Stored)> =
+    /// `{"entity": [state, version, last_event_at_micros], ...}`, written from the
+    /// shared states without copying them.
+    fn checkpoint(&self) -> Option<Box<RawValue>> {
+        struct Entities(Vec<(EntityId, Stored)>);
+        impl Serialize for Entities {
+            fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.collect_map(self.0.iter().map(|(entity, s)| {
+                    (entity.as_str(), (&*s.state, s.version, s.last_event_at.as_micros()))
+                }))
+            }
+        }
+        // First the shared states (cheap, shard by shard), then the text, with no lock.
+        let stored =
             self.snapshots.iter().map(|entry| (entry.key().clone(), entry.value().clone())).collect();
-        let entities: serde_json::Map<String, Value> = stored
-            .into_iter()
-            .map(|(entity, s)| {
-                (entity.to_string(), json!([*s.state, s.version, s.last_event_at.as_micros()]))
-            })
-            .collect();
-        Some(Value::Object(entities))
+        serde_json::value::to_raw_value(&Entities(stored)).ok()
     }
 
     fn restore(&self, state: Value) -> Result<()> {
@@ -299,10 +307,10 @@ impl Projection for EventCounters {
         self.counts.clear();
     }
 
-    fn checkpoint(&self) -> Option<Value> {
-        let counts: serde_json::Map<String, Value> =
-            self.counts.iter().map(|entry| (entry.key().to_string(), json!(*entry.value()))).collect();
-        Some(Value::Object(counts))
+    fn checkpoint(&self) -> Option<Box<RawValue>> {
+        let counts: BTreeMap<String, u64> =
+            self.counts.iter().map(|entry| (entry.key().to_string(), *entry.value())).collect();
+        serde_json::value::to_raw_value(&counts).ok()
     }
 
     fn restore(&self, state: Value) -> Result<()> {
@@ -386,7 +394,7 @@ impl ProjectionRegistry {
 
     /// The checkpoint of every projection that has one, by name: of those whose
     /// [`Projection::checkpoint_while_live`] is `while_live`.
-    pub fn checkpoint(&self, while_live: bool) -> serde_json::Map<String, Value> {
+    pub fn checkpoint(&self, while_live: bool) -> BTreeMap<String, Box<RawValue>> {
         self.all
             .read()
             .iter()
@@ -400,13 +408,16 @@ impl ProjectionRegistry {
     /// returned, so that the caller replays from the start instead.
     pub fn restore(
         &self,
-        mut checkpoints: serde_json::Map<String, Value>,
+        mut checkpoints: BTreeMap<String, Box<RawValue>>,
     ) -> std::result::Result<Vec<String>, (String, allsource_core_types::Error)> {
         let all = self.all.read();
         let mut restored = Vec::new();
         for projection in all.iter() {
             let Some(state) = checkpoints.remove(projection.name()) else { continue };
-            if let Err(error) = projection.restore(state) {
+            let restore = serde_json::from_str(state.get())
+                .map_err(|e| allsource_core_types::Error::Internal(format!("unreadable checkpoint: {e}")))
+                .and_then(|state| projection.restore(state));
+            if let Err(error) = restore {
                 for projection in all.iter() {
                     projection.clear();
                 }
@@ -515,7 +526,7 @@ mod tests {
         for e in &events[..5] {
             live.process(e).unwrap();
         }
-        let checkpoint = live.checkpoint().unwrap();
+        let checkpoint: Value = serde_json::from_str(live.checkpoint().unwrap().get()).unwrap();
         assert!(live.checkpoint_while_live());
         let restored = EntitySnapshots::default();
         restored.restore(checkpoint).unwrap();

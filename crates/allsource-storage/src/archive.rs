@@ -3,6 +3,7 @@
 //! the last sealed position; the WAL holds only what follows. Described in
 //! `docs/storage-format.md`.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use arrow_array::RecordBatch;
 use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::columnar::{to_record_batch, EventColumns, JsonCheck, ParquetFileWriter};
 use crate::fs::{AppendFile, Fs};
@@ -59,7 +61,7 @@ impl Manifest {
 
 /// The state of the checkpointed projections after the event at `position`, and what
 /// identifies that event, so that a checkpoint that does not match the log is ignored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// The last event the projections' state includes.
     pub position: Position,
@@ -67,8 +69,8 @@ pub struct Checkpoint {
     pub event_id: uuid::Uuid,
     /// ... and timestamp, in microseconds.
     pub timestamp_micros: i64,
-    /// Each checkpointed projection's state, by name.
-    pub projections: serde_json::Map<String, serde_json::Value>,
+    /// Each checkpointed projection's state as JSON text, by name.
+    pub projections: BTreeMap<String, Box<RawValue>>,
 }
 
 /// The sealed chunks of a data directory.
@@ -314,9 +316,13 @@ impl Archive {
     /// Replaces the projection checkpoint, durably (temporary file, fsync, rename,
     /// fsync the directory): a crash leaves the old checkpoint or the new one.
     pub fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), Error> {
-        let text = serde_json::to_vec(checkpoint).map_err(|e| Error::Internal(format!("checkpoint: {e}")))?;
-        self.write_durably(&self.data_dir, CHECKPOINT_FILE, |mut out| {
-            out.write_all(&text).map_err(|e| storage_error(format!("cannot write the checkpoint: {e}")))
+        self.write_durably(&self.data_dir, CHECKPOINT_FILE, |out| {
+            // Straight to the file: a checkpoint can be tens of megabytes.
+            let mut buffered = io::BufWriter::with_capacity(1 << 20, out);
+            serde_json::to_writer(&mut buffered, checkpoint)
+                .map_err(io::Error::from)
+                .and_then(|()| buffered.flush())
+                .map_err(|e| storage_error(format!("cannot write the checkpoint: {e}")))
         })
         .map(drop)
     }
