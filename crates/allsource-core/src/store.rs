@@ -197,8 +197,11 @@ struct Inner {
     /// `Some` when a writer thread commits in groups; `None` to commit inline.
     queue: Option<(Mutex<Queue>, Condvar)>,
     waiters: Waiters,
-    /// Wakes the sealer when events were published; its flag says "stop".
+    /// Wakes the sealer when a chunk is due; its flag says "stop".
     sealer: (Mutex<bool>, Condvar),
+    /// The log's sealed position as the sealer last saw it: read by the publisher,
+    /// which must not wait on the log (it holds its chunk list while it seals).
+    sealed: AtomicU64,
     /// Called with the new committed position each time it advances.
     commit_listeners: RwLock<Vec<CommitListener>>,
 }
@@ -366,6 +369,7 @@ impl EventStore {
 impl Inner {
     /// `events`: how many events the log recovered, to size the id index once.
     fn new(log: Box<dyn Log>, group_commit: bool, events: usize) -> Inner {
+        let sealed = AtomicU64::new(log.sealed_position());
         Inner {
             log,
             sequencer: Mutex::new(Sequencer {
@@ -387,6 +391,7 @@ impl Inner {
             queue: group_commit.then(|| (Mutex::new(Queue::default()), Condvar::new())),
             waiters: Waiters::default(),
             sealer: (Mutex::new(false), Condvar::new()),
+            sealed,
             commit_listeners: RwLock::new(Vec::new()),
         }
     }
@@ -737,9 +742,11 @@ impl Inner {
         self.waiters.committed(last.position);
         // Only when a chunk is due: waking the sealer after every group costs a context
         // switch each time. (A sealer busy sealing checks again before it waits.)
-        let chunk_due = self.log.chunk_events().is_some_and(|chunk_events| {
-            last.position.saturating_sub(self.log.sealed_position()) >= chunk_events
-        });
+        let sealed = self.sealed.load(Ordering::Acquire);
+        let chunk_due = self
+            .log
+            .chunk_events()
+            .is_some_and(|chunk_events| last.position.saturating_sub(sealed) >= chunk_events);
         if chunk_due {
             // Taking the sealer's lock orders this wake-up after its last check.
             drop(self.sealer.0.lock());
@@ -795,6 +802,7 @@ impl Inner {
                 tracing::error!(%error, "sealing a chunk failed; the WAL keeps every event; sealing stops");
                 return;
             }
+            self.sealed.store(self.log.sealed_position(), Ordering::Release);
             self.compact_all();
             self.seal_table_chunks();
             let entities = self.projections.snapshots().len() as u64;
