@@ -77,7 +77,11 @@ pub struct Checkpoint {
 pub struct Archive {
     fs: Arc<dyn Fs>,
     data_dir: PathBuf,
+    /// Read briefly by anyone; replaced only under `changes`.
     manifest: Mutex<Manifest>,
+    /// Held for a whole seal or merge, so that they come one at a time while readers of
+    /// the manifest never wait for a chunk file to be written.
+    changes: Mutex<()>,
 }
 
 fn storage_error(message: String) -> Error {
@@ -158,7 +162,12 @@ impl Archive {
             base.check_columns(&columns).map_err(corrupt)?;
             sealed.push(columns);
         }
-        let archive = Archive { fs, data_dir: data_dir.to_path_buf(), manifest: Mutex::new(manifest) };
+        let archive = Archive {
+            fs,
+            data_dir: data_dir.to_path_buf(),
+            manifest: Mutex::new(manifest),
+            changes: Mutex::new(()),
+        };
         archive.remove_leftovers()?;
         Ok((archive, sealed, base))
     }
@@ -214,7 +223,8 @@ impl Archive {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Err(Error::Internal("sealing an empty chunk".to_string()));
         };
-        let mut manifest = self.manifest.lock();
+        let _changes = self.changes.lock();
+        let manifest = self.manifest.lock().clone();
         let expected = manifest.last_position() + 1;
         let gapless = events.iter().enumerate().all(|(i, e)| e.position == expected + i as Position);
         if first.position != expected || !gapless {
@@ -227,9 +237,9 @@ impl Archive {
         }
         let batch = to_record_batch(events)?;
         let entry = self.write_chunk(first.position, last.position, &[&batch])?;
-        let mut next = manifest.clone();
+        let mut next = manifest;
         next.chunks.push(entry.clone());
-        self.replace_manifest(&mut manifest, next)?;
+        self.replace_manifest(next)?;
         Ok(entry)
     }
 
@@ -253,12 +263,14 @@ impl Archive {
     }
 
     /// Writes `next` as the manifest, durably, and makes it the current one.
-    fn replace_manifest(&self, current: &mut Manifest, next: Manifest) -> Result<(), Error> {
+    /// Writes `next` as the manifest, durably, then makes it the current one. The
+    /// caller holds `changes`.
+    fn replace_manifest(&self, next: Manifest) -> Result<(), Error> {
         let text = serde_json::to_vec_pretty(&next).map_err(|e| Error::Internal(format!("manifest: {e}")))?;
         self.write_durably(&self.data_dir, MANIFEST_FILE, |mut out| {
             out.write_all(&text).map_err(|e| storage_error(format!("cannot write the manifest: {e}")))
         })?;
-        *current = next;
+        *self.manifest.lock() = next;
         Ok(())
     }
 
@@ -269,7 +281,8 @@ impl Archive {
     /// the swap leaves an unlisted file, after it unlisted old files: recovery removes
     /// either. Returns the merged chunk, or `None` when there was nothing to merge.
     pub fn compact(&self, chunk_events: u64) -> Result<Option<ChunkEntry>, Error> {
-        let mut manifest = self.manifest.lock();
+        let _changes = self.changes.lock();
+        let manifest = self.manifest.lock().clone();
         let rows = |c: &ChunkEntry| c.last_position - c.first_position + 1;
         let Some(start) = (0..manifest.chunks.len().saturating_sub(1)).find(|&i| {
             rows(&manifest.chunks[i]) < chunk_events && rows(&manifest.chunks[i + 1]) < chunk_events
@@ -298,9 +311,9 @@ impl Archive {
         }
         let batches: Vec<_> = parts.iter().map(EventColumns::batch).collect();
         let merged = self.write_chunk(first.first_position, last.last_position, &batches)?;
-        let mut next = manifest.clone();
+        let mut next = manifest;
         next.chunks.splice(start..end, [merged.clone()]);
-        self.replace_manifest(&mut manifest, next)?;
+        self.replace_manifest(next)?;
         for chunk in &run {
             let path = chunks_dir.join(&chunk.file);
             self.fs
