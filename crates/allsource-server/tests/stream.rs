@@ -477,17 +477,7 @@ fn subscribers(server: &Server) -> u64 {
 /// response it had is cut short: the server could not send its end.
 #[test]
 fn a_client_that_stops_reading_loses_its_connection_and_its_slot() {
-    let server = Server::start_with(&[
-        "--in-memory",
-        "--subscriber-buffer-bytes",
-        "1024",
-        "--subscriber-stall-ms",
-        "200",
-        "--write-timeout-ms",
-        "300",
-        "--max-subscribers",
-        "1",
-    ]);
+    let server = Server::start_with(&[&["--in-memory"][..], &common::STALLED_CLIENT_FLAGS].concat());
     let mut stalled = Subscriber::open(server.addr, "/api/v1/events/stream", &[]);
     assert_eq!(stalled.status, 200);
     assert_eq!(subscribers(&server), 1);

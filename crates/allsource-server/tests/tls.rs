@@ -182,19 +182,7 @@ fn open_tls(
 #[test]
 fn a_client_that_stops_reading_is_cut_off_over_tls() {
     let certificate = self_signed();
-    let server = start_tls(
-        &certificate,
-        &[
-            "--subscriber-buffer-bytes",
-            "1024",
-            "--subscriber-stall-ms",
-            "200",
-            "--write-timeout-ms",
-            "300",
-            "--max-subscribers",
-            "1",
-        ],
-    );
+    let server = start_tls(&certificate, &common::STALLED_CLIENT_FLAGS);
     let client = client_config(&[&certificate.der]);
     let deadline = Instant::now() + WAIT;
     while send_tls(&client, server.addr, &Req::get("/health")).is_err() {

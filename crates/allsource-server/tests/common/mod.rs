@@ -177,6 +177,19 @@ pub fn stats(client: &impl Client) -> Value {
     ok(client, Req::get("/api/v1/stats"), 200)
 }
 
+/// Server flags for the tests of a client that stops reading: one subscriber at most,
+/// a small buffer, and short stall and write timeouts.
+pub const STALLED_CLIENT_FLAGS: [&str; 8] = [
+    "--subscriber-buffer-bytes",
+    "1024",
+    "--subscriber-stall-ms",
+    "200",
+    "--write-timeout-ms",
+    "300",
+    "--max-subscribers",
+    "1",
+];
+
 /// The subscriptions open now, from a `GET /metrics` reply's text.
 pub fn subscribers_open(metrics_text: &str) -> u64 {
     let line = metrics_text.lines().find(|line| line.starts_with("allsource_subscribers "));
