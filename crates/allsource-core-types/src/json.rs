@@ -300,6 +300,96 @@ mod tests {
         }
     }
 
+    /// JSON texts with whitespace between tokens and the spellings a raw parse lets
+    /// through but a `Value` parse may refuse (lone surrogates, huge numbers, deep
+    /// nesting).
+    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let space = prop::sample::select(vec!["", "", "", " ", "\n\t", "\r\n  "]);
+        let number = prop::sample::select(vec![
+            "0",
+            "-0",
+            "12",
+            "-7",
+            "1.5",
+            "2.50",
+            "1e3",
+            "1E-2",
+            "-2.5E+10",
+            "1e400",
+            "-1E999",
+            "18446744073709551616123",
+            "0.000001",
+        ]);
+        let piece = prop::sample::select(vec![
+            "a",
+            " b ",
+            "\\n",
+            "\\\"",
+            "\\\\",
+            "\\u00e9",
+            "\\ud83d\\ude00",
+            "\\ud800",
+            "\\udfff x",
+            "é",
+            "✓",
+        ]);
+        let string = prop::collection::vec(piece, 0..4).prop_map(|p| format!("\"{}\"", p.concat()));
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            number.prop_map(str::to_string),
+            string.clone(),
+        ];
+        let value = leaf.prop_recursive(4, 24, 4, move |inner| {
+            let s = space.clone();
+            prop_oneof![
+                (prop::collection::vec((inner.clone(), s.clone()), 0..4), s.clone()).prop_map(
+                    |(items, end)| {
+                        let items: Vec<String> =
+                            items.into_iter().map(|(v, w)| format!("{w}{v}{w}")).collect();
+                        format!("[{end}{}]", items.join(","))
+                    }
+                ),
+                (prop::collection::vec((string.clone(), inner, s.clone()), 0..4), s).prop_map(
+                    |(members, end)| {
+                        let members: Vec<String> =
+                            members.into_iter().map(|(k, v, w)| format!("{w}{k}{w}:{w}{v}")).collect();
+                        format!("{{{end}{}}}", members.join(","))
+                    }
+                ),
+            ]
+        });
+        (value, 0..140usize, proptest::bool::weighted(0.1)).prop_map(|(value, depth, deep)| {
+            if deep {
+                format!("{}{value}{}", "[".repeat(depth), "]".repeat(depth))
+            } else {
+                value
+            }
+        })
+    }
+
+    proptest::proptest! {
+        /// `compact` takes exactly what a `Value` parse takes, means the same value, and
+        /// leaves no whitespace outside strings.
+        #[test]
+        fn compact_agrees_with_a_value_parse(text in json_text()) {
+            let parsed = serde_json::from_str::<Value>(&text);
+            match serde_json::from_str::<Box<RawValue>>(&text) {
+                Err(_) => proptest::prop_assert!(parsed.is_err(), "raw refused, Value took {}", text),
+                Ok(raw) => match (Json::compact(&raw), parsed) {
+                    (Ok(json), Ok(value)) => {
+                        proptest::prop_assert_eq!(json.to_value(), value);
+                        proptest::prop_assert_eq!(Scan::of(json.as_str()).first_whitespace, None);
+                    }
+                    (Err(_), Err(_)) => {}
+                    (json, value) => proptest::prop_assert!(false, "{} -> {:?} vs {:?}", text, json, value),
+                },
+            }
+        }
+    }
+
     #[test]
     fn same_value_ignores_key_order() {
         let compact =
