@@ -199,9 +199,6 @@ struct Inner {
     waiters: Waiters,
     /// Wakes the sealer when a chunk is due; its flag says "stop".
     sealer: (Mutex<bool>, Condvar),
-    /// The log's sealed position as the sealer last saw it: read by the publisher,
-    /// which must not wait on the log (it holds its chunk list while it seals).
-    sealed: AtomicU64,
     /// Called with the new committed position each time it advances.
     commit_listeners: RwLock<Vec<CommitListener>>,
 }
@@ -369,7 +366,6 @@ impl EventStore {
 impl Inner {
     /// `events`: how many events the log recovered, to size the id index once.
     fn new(log: Box<dyn Log>, group_commit: bool, events: usize) -> Inner {
-        let sealed = AtomicU64::new(log.sealed_position());
         Inner {
             log,
             sequencer: Mutex::new(Sequencer {
@@ -391,7 +387,6 @@ impl Inner {
             queue: group_commit.then(|| (Mutex::new(Queue::default()), Condvar::new())),
             waiters: Waiters::default(),
             sealer: (Mutex::new(false), Condvar::new()),
-            sealed,
             commit_listeners: RwLock::new(Vec::new()),
         }
     }
@@ -742,7 +737,9 @@ impl Inner {
         self.waiters.committed(last.position);
         // Only when a chunk is due: waking the sealer after every group costs a context
         // switch each time. (A sealer busy sealing checks again before it waits.)
-        let sealed = self.sealed.load(Ordering::Acquire);
+        // (The log's sealed position takes a short lock: a seal holds it only to read
+        // and to swap its chunk list, not while it writes.)
+        let sealed = self.log.sealed_position();
         let chunk_due = self
             .log
             .chunk_events()
@@ -802,7 +799,6 @@ impl Inner {
                 tracing::error!(%error, "sealing a chunk failed; the WAL keeps every event; sealing stops");
                 return;
             }
-            self.sealed.store(self.log.sealed_position(), Ordering::Release);
             self.compact_all();
             self.seal_table_chunks();
             let entities = self.projections.snapshots().len() as u64;
