@@ -47,16 +47,19 @@ pub const CHANNEL_CHUNKS: usize = 16;
 /// The media type of a Parquet file.
 pub const PARQUET: &str = "application/vnd.apache.parquet";
 
+/// What both export endpoints do, for their OpenAPI descriptions.
+const EXPORT_DESCRIPTION: &str = "Every event matching the filters (all of them without any), in position \
+    order, from the log as committed when the export starts; streamed in chunks. A failure after the first \
+    bytes aborts the transfer (no clean end), so a short file never looks complete. `limit` is refused: \
+    bound an export with `after`, `since`/`until` or `as_of`.";
+
 /// `GET /api/v1/export/parquet`
 #[utoipa::path(
     get,
     path = "/api/v1/export/parquet",
     tag = "export",
     summary = "Export matching events as one Parquet file",
-    description = "Every event matching the filters (all of them without any), in position order, from the log \
-        as committed when the export starts; streamed in chunks. A failure after the first bytes aborts \
-        the transfer (no clean end), so a short file never looks complete. `limit` is refused: bound an \
-        export with `after`, `since`/`until` or `as_of`.",
+    description = EXPORT_DESCRIPTION,
     params(crate::openapi::EventFilters),
     responses(
         (status = 200, description = "A zstd-compressed Parquet file in the events' columnar schema.",
@@ -79,10 +82,7 @@ pub(crate) async fn export_parquet(
     path = "/api/v1/export/arrow",
     tag = "export",
     summary = "Export matching events as one Arrow IPC stream",
-    description = "Every event matching the filters (all of them without any), in position order, from the log \
-        as committed when the export starts; streamed in chunks. A failure after the first bytes aborts \
-        the transfer (no clean end), so a short file never looks complete. `limit` is refused: bound an \
-        export with `after`, `since`/`until` or `as_of`.",
+    description = EXPORT_DESCRIPTION,
     params(crate::openapi::EventFilters),
     responses(
         (status = 200, description = "An Arrow IPC stream, one record batch per 4,096 events.",
