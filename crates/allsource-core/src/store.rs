@@ -145,8 +145,12 @@ impl Decision {
 }
 
 /// A checkpoint during operation is written once at least this many events per entity
-/// were committed since the last one.
-const CHECKPOINT_EVENTS_PER_ENTITY: u64 = 4;
+/// were committed since the last one. A checkpoint writes every entity's state, which
+/// costs about as much as merging an event into one; so this spends about 1/16 of the
+/// merging work on checkpoints, and a crash restart replays at most 16 events per
+/// entity more than it would with a checkpoint at the crash. (With 4, checkpoints took
+/// over half of the sealer's time under batch appends to 100K entities.)
+const CHECKPOINT_EVENTS_PER_ENTITY: u64 = 16;
 
 /// What the writer hands the publisher, in write order.
 enum Durable {

@@ -198,7 +198,17 @@ impl<'de> Visitor<'de> for MergeMember<'_, 'de> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.set(Value::String(v.to_owned()));
+        // A string replacing a string (a field updated) reuses its buffer.
+        match self.object.get_mut(self.key.as_str()) {
+            Some(Value::String(slot)) => {
+                slot.clear();
+                slot.push_str(v);
+            }
+            Some(slot) => *slot = Value::String(v.to_owned()),
+            None => {
+                self.object.insert(self.key.into_owned(), Value::String(v.to_owned()));
+            }
+        }
         Ok(())
     }
 
