@@ -31,6 +31,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use uuid::Uuid;
 
 /// The schema metadata key and value that name this schema's version.
@@ -440,10 +441,21 @@ impl<W: Write + Send> ParquetFileWriter<W> {
     /// Starts a file on `out`.
     pub fn new(out: W) -> Result<ParquetFileWriter<W>, Error> {
         let level = ZstdLevel::try_new(PARQUET_ZSTD_LEVEL).map_err(|e| arrow_error("zstd level", e))?;
+        let column = |name: &str| ColumnPath::from(name);
         let properties = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP_ROWS))
             .set_statistics_enabled(EnabledStatistics::Page)
+            // Ids and payloads are (nearly) all distinct: a dictionary only costs a
+            // hash lookup per value before the writer gives up on it. Nobody prunes by
+            // the min and max of ids or JSON texts, and computing them compares every
+            // value. (A 65,536-event chunk of the load test's payloads: 32 ms and
+            // 1.16 MB instead of 39 ms and 1.30 MB.)
+            .set_column_dictionary_enabled(column("id"), false)
+            .set_column_dictionary_enabled(column("payload"), false)
+            .set_column_statistics_enabled(column("id"), EnabledStatistics::None)
+            .set_column_statistics_enabled(column("payload"), EnabledStatistics::None)
+            .set_column_statistics_enabled(column("metadata"), EnabledStatistics::None)
             .set_created_by(format!("allsource {}", env!("CARGO_PKG_VERSION")))
             .build();
         let writer = ArrowWriter::try_new(out, schema(), Some(properties))
@@ -533,6 +545,15 @@ mod tests {
             row_group.columns().iter().find(|c| c.column_path().string() == "position").unwrap();
         assert!(position_column.statistics().is_some(), "position statistics are written");
         assert!(matches!(position_column.compression(), Compression::ZSTD(_)));
+        let column =
+            |name: &str| row_group.columns().iter().find(|c| c.column_path().string() == name).unwrap();
+        for name in ["id", "payload", "metadata"] {
+            assert!(column(name).statistics().is_none(), "no statistics for {name}");
+        }
+        for name in ["id", "payload"] {
+            assert!(column(name).dictionary_page_offset().is_none(), "no dictionary for {name}");
+        }
+        assert!(column("entity_id").dictionary_page_offset().is_some(), "entity ids repeat: a dictionary");
         let mut read = Vec::new();
         for batch in builder.build().unwrap() {
             read.extend(from_record_batch(&batch.unwrap()).unwrap());
