@@ -14,6 +14,7 @@ use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
 use allsource_storage::archive::Checkpoint;
 use allsource_storage::columnar::{IpcStreamWriter, ParquetFileWriter};
 use allsource_storage::{DurableLog, Log, LogInfo, MemoryLog, Recovered, RecoveryReport, WalConfig};
+use arrow_array::RecordBatch;
 use foldhash::fast::RandomState;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
@@ -799,12 +800,16 @@ impl Inner {
                 tracing::error!(first, "committed events are missing from the table; sealing stops");
                 return;
             }
-            if let Err(error) = self.log.seal(&events) {
-                tracing::error!(%error, "sealing a chunk failed; the WAL keeps every event; sealing stops");
-                return;
-            }
+            let written = match self.log.seal(&events) {
+                Ok(written) => written,
+                Err(error) => {
+                    tracing::error!(%error, "sealing a chunk failed; the WAL keeps every event; sealing stops");
+                    return;
+                }
+            };
+            drop(events);
             self.compact_all();
-            self.seal_table_chunks();
+            self.seal_table_chunks(&written);
             let entities = self.projections.snapshots().len() as u64;
             let committed = self.committed.load(Ordering::Acquire);
             if committed - checkpointed >= CHECKPOINT_EVENTS_PER_ENTITY * entities.max(1) {
@@ -814,11 +819,12 @@ impl Inner {
     }
 
     /// Turns the table's full chunks that are sealed on disk into columns, freeing
-    /// their event objects. A failure is logged: the chunk stays as it is.
-    fn seal_table_chunks(&self) {
+    /// their event objects; `written`, the batch the log just sealed, serves as the
+    /// columns of the chunk it covers. A failure is logged: the chunk stays as it is.
+    fn seal_table_chunks(&self, written: &RecordBatch) {
         let mut intern = |text: &str| intern_event_type(&mut self.sequencer.lock().event_types, text);
         for index in self.table.full_open_chunks(self.log.sealed_position()) {
-            if let Err(error) = self.table.seal(index, &mut intern) {
+            if let Err(error) = self.table.seal(index, written, &mut intern) {
                 tracing::error!(%error, index, "could not turn a table chunk into columns");
                 return;
             }

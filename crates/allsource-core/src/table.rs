@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use allsource_core_types::{Error, Event, EventType, Position, Timestamp, Version};
 use allsource_storage::columnar::{EventColumns, JsonCheck};
+use arrow_array::RecordBatch;
 use parking_lot::RwLock;
 use uuid::Uuid;
 
@@ -376,19 +377,29 @@ impl EventTable {
 
     /// Turns the full open chunk `index` into a sealed one (its events as one record
     /// batch). Readers holding its events keep them; new reads read the columns.
+    /// `written` is a batch the log has just sealed: kept as the chunk's columns when
+    /// it holds exactly this chunk's rows (made from the same events by the same
+    /// function), instead of building the same columns a second time.
     pub(crate) fn seal(
         &self,
         index: usize,
+        written: &RecordBatch,
         intern: &mut dyn FnMut(&str) -> Result<EventType, Error>,
     ) -> Result<(), Error> {
         let Some(Chunk::Open(slots)) = self.chunks.read().get(index).cloned() else { return Ok(()) };
-        let events = slots
-            .iter()
-            .map(|slot| slot.get().cloned())
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::Internal(format!("chunk {index} is not full; it cannot be sealed")))?;
-        let batch = allsource_storage::columnar::to_record_batch(&events)?;
-        let columns = EventColumns::try_new(&batch, JsonCheck::Trust)?;
+        let first = (index * CHUNK_EVENTS) as Position + 1;
+        let written = EventColumns::try_new(written, JsonCheck::Trust)?;
+        let columns = match written {
+            columns if columns.len() == CHUNK_EVENTS && columns.position(0) == first => columns,
+            _ => {
+                let events =
+                    slots.iter().map(|slot| slot.get().cloned()).collect::<Option<Vec<_>>>().ok_or_else(
+                        || Error::Internal(format!("chunk {index} is not full; it cannot be sealed")),
+                    )?;
+                let batch = allsource_storage::columnar::to_record_batch(&events)?;
+                EventColumns::try_new(&batch, JsonCheck::Trust)?
+            }
+        };
         let sealed = Chunk::Sealed(Arc::new(SealedChunk::new(columns, intern)?));
         self.chunks.write()[index] = sealed;
         Ok(())

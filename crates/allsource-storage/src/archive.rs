@@ -219,7 +219,8 @@ impl Archive {
     /// chunk: the Parquet file is written under a temporary name, synced, renamed and
     /// its directory synced; then the manifest is replaced the same way. The manifest
     /// swap is the commit point: a crash before it leaves the events in the WAL only.
-    pub fn seal(&self, events: &[Arc<Event>]) -> Result<ChunkEntry, Error> {
+    /// Returns the chunk's entry and the record batch written.
+    pub fn seal(&self, events: &[Arc<Event>]) -> Result<(ChunkEntry, RecordBatch), Error> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Err(Error::Internal("sealing an empty chunk".to_string()));
         };
@@ -240,7 +241,7 @@ impl Archive {
         let mut next = manifest;
         next.chunks.push(entry.clone());
         self.replace_manifest(next)?;
-        Ok(entry)
+        Ok((entry, batch))
     }
 
     /// Writes the chunk file of `first..=last` from `batches`, durably (temporary name,

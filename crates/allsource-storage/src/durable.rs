@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use allsource_core_types::{Error, Event, Position};
+use arrow_array::RecordBatch;
 use parking_lot::Mutex;
 
 use crate::archive::{Archive, Checkpoint};
@@ -118,8 +119,8 @@ impl Log for DurableLog {
         self.archive.read_checkpoint()
     }
 
-    fn seal(&self, events: &[Arc<Event>]) -> Result<(), Error> {
-        let entry = self.archive.seal(events)?;
+    fn seal(&self, events: &[Arc<Event>]) -> Result<RecordBatch, Error> {
+        let (entry, batch) = self.archive.seal(events)?;
         let removed = self.wal.remove_through(entry.last_position)?;
         tracing::info!(
             chunk = %entry.file,
@@ -128,6 +129,6 @@ impl Log for DurableLog {
             wal_segments_removed = removed,
             "sealed a chunk"
         );
-        Ok(())
+        Ok(batch)
     }
 }
