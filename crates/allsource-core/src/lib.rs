@@ -47,7 +47,8 @@ pub use table::{write_json_array, EventView};
 /// Projections: the trait to implement for a custom one, and the built-in ones.
 pub mod projection {
     pub use allsource_projection::{
-        apply_merge_patch, EntitySnapshots, EventCounters, Projection, ProjectionRegistry, Snapshot,
+        apply_merge_patch, apply_merge_patch_text, EntitySnapshots, EventCounters, Projection,
+        ProjectionRegistry, Snapshot,
     };
 }
 
