@@ -33,6 +33,17 @@ use uuid::Uuid;
 /// keys chosen by clients cannot be picked to collide.
 type RandomState = foldhash::fast::RandomState;
 
+/// Shards of every index map. A shard that outgrows its table rehashes every entry
+/// into one twice the size while it holds the shard's lock, and the engine indexes
+/// under its sequencer lock: with the default (4 per core, 8 here) a shard of the id
+/// index held 250K ids at 2M events and stalled every append for up to 48 ms while
+/// it grew. With 256 shards each growth moves 32 times fewer entries.
+const SHARDS: usize = 256;
+
+fn sharded_map<K: Eq + Hash, V>(capacity: usize) -> DashMap<K, V, RandomState> {
+    DashMap::with_capacity_and_hasher_and_shard_amount(capacity, RandomState::default(), SHARDS)
+}
+
 /// An inclusive range of log positions, `first..=last`; empty when `first > last`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PositionRange {
@@ -80,7 +91,7 @@ pub struct PositionIndex<K: Eq + Hash> {
 
 impl<K: Eq + Hash> Default for PositionIndex<K> {
     fn default() -> Self {
-        PositionIndex { lists: DashMap::default() }
+        PositionIndex { lists: sharded_map(0) }
     }
 }
 
@@ -162,15 +173,21 @@ impl<K: Eq + Hash> PositionIndex<K> {
 }
 
 /// Event id to log position.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IdIndex {
     positions: DashMap<Uuid, Position, RandomState>,
+}
+
+impl Default for IdIndex {
+    fn default() -> Self {
+        IdIndex::with_capacity(0)
+    }
 }
 
 impl IdIndex {
     /// An empty index with room for `capacity` ids (a restart knows how many come).
     pub fn with_capacity(capacity: usize) -> IdIndex {
-        IdIndex { positions: DashMap::with_capacity_and_hasher(capacity, RandomState::default()) }
+        IdIndex { positions: sharded_map(capacity) }
     }
 
     /// Records that the event `id` is at `position`; returns the position already
