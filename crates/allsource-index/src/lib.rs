@@ -29,6 +29,10 @@ use allsource_core_types::Position;
 use dashmap::DashMap;
 use uuid::Uuid;
 
+mod list;
+
+use list::PositionList;
+
 /// The hasher of every index map: fast, and seeded at random per process, so that
 /// keys chosen by clients cannot be picked to collide.
 type RandomState = foldhash::fast::RandomState;
@@ -72,21 +76,23 @@ impl PositionRange {
         self.first <= position && position <= self.last
     }
 
-    /// The indexes into a sorted slice of positions that fall in this range.
-    fn slice_bounds(&self, positions: &[Position]) -> (usize, usize) {
+    /// The indexes into a sorted list of positions that fall in this range.
+    fn slice_bounds(&self, positions: &PositionList) -> (usize, usize) {
         if self.is_empty() {
             return (0, 0);
         }
-        let start = positions.partition_point(|&p| p < self.first);
-        let end = positions.partition_point(|&p| p <= self.last);
+        let start = positions.partition_point(|p| p < self.first);
+        let end = positions.partition_point(|p| p <= self.last);
         (start, end.max(start))
     }
 }
 
 /// Per-key sorted lists of positions: the entity index and the event-type index.
+/// A long list is kept in blocks that never move once full, so that adding to it
+/// never copies more than one block while the key is locked.
 #[derive(Debug)]
 pub struct PositionIndex<K: Eq + Hash> {
-    lists: DashMap<K, Vec<Position>, RandomState>,
+    lists: DashMap<K, PositionList, RandomState>,
 }
 
 impl<K: Eq + Hash> Default for PositionIndex<K> {
@@ -100,7 +106,7 @@ impl<K: Eq + Hash> PositionIndex<K> {
     /// increasing order (the log's order); a smaller one is a bug in the caller.
     pub fn push(&self, key: K, position: Position) {
         let mut list = self.lists.entry(key).or_default();
-        debug_assert!(list.last().is_none_or(|&last| last < position), "positions pushed out of order");
+        debug_assert!(list.last().is_none_or(|last| last < position), "positions pushed out of order");
         list.push(position);
     }
 
@@ -110,8 +116,10 @@ impl<K: Eq + Hash> PositionIndex<K> {
             return;
         }
         let mut list = self.lists.entry(key).or_default();
-        debug_assert!(list.last().is_none_or(|&last| last < positions[0]), "positions pushed out of order");
-        list.extend_from_slice(positions);
+        debug_assert!(list.last().is_none_or(|last| last < positions[0]), "positions pushed out of order");
+        for &position in positions {
+            list.push(position);
+        }
     }
 
     /// The positions of `key` within `range`, in increasing order, at most `limit`.
@@ -122,7 +130,7 @@ impl<K: Eq + Hash> PositionIndex<K> {
     {
         let Some(list) = self.lists.get(key) else { return Vec::new() };
         let (start, end) = range.slice_bounds(&list);
-        list[start..end.min(start.saturating_add(limit))].to_vec()
+        list.copy_range(start, end.min(start.saturating_add(limit)))
     }
 
     /// How many positions of `key` fall within `range`: two binary searches.
@@ -144,7 +152,11 @@ impl<K: Eq + Hash> PositionIndex<K> {
     {
         let list = self.lists.get(key)?;
         let (start, end) = range.slice_bounds(&list);
-        (end > start).then(|| list[end - 1])
+        if end > start {
+            list.get(end - 1)
+        } else {
+            None
+        }
     }
 
     /// Whether `key` has any position.
