@@ -29,6 +29,7 @@
 
 mod commit;
 mod ids;
+mod sharded;
 mod store;
 mod table;
 

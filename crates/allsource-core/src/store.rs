@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::commit::{Ticket, Waiters};
 use crate::ids::IdGenerator;
+use crate::sharded::ShardedMap;
 use crate::table::{columns_of, EventTable, EventView};
 
 /// The result of appending one event.
@@ -122,7 +123,7 @@ struct Sequencer {
     last_timestamp: Timestamp,
     /// Each entity's current version, including events sequenced but not yet committed.
     /// Its keys are also the interned entity ids: every event of an entity shares one.
-    versions: HashMap<EntityId, Version, RandomState>,
+    versions: ShardedMap<EntityId, Version>,
     /// The interned event types.
     event_types: HashSet<EventType, RandomState>,
     /// Makes the ids of events that come without one.
@@ -376,7 +377,7 @@ impl Inner {
             sequencer: Mutex::new(Sequencer {
                 next_position: 1,
                 last_timestamp: Timestamp::MIN,
-                versions: HashMap::default(),
+                versions: ShardedMap::default(),
                 event_types: HashSet::default(),
                 ids: IdGenerator::new(),
             }),

@@ -138,9 +138,20 @@ impl Snapshot {
 }
 
 /// Each entity's current state, as its events' payloads merged in order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EntitySnapshots {
     snapshots: DashMap<EntityId, Stored, foldhash::fast::RandomState>,
+}
+
+impl Default for EntitySnapshots {
+    /// 256 shards, not the default 4 per core: a shard that outgrows its table moves
+    /// every entry while it holds the shard's lock, and the publisher, which every
+    /// append waits for, is the one inserting.
+    fn default() -> Self {
+        EntitySnapshots {
+            snapshots: DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), 256),
+        }
+    }
 }
 
 /// A snapshot as the projection keeps it: the state shared, so that a checkpoint
