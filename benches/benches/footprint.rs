@@ -22,8 +22,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use allsource_benches::order_payload;
 use allsource_core::{Event, EventStore, ExportFormat, NewEvent, QueryEventsRequest, SyncMode, WalConfig};
-use serde_json::json;
 
 /// Resident memory of this process, in bytes (0 where `/proc` does not say).
 fn resident_bytes() -> u64 {
@@ -38,14 +38,7 @@ fn resident_bytes() -> u64 {
 }
 
 fn event(i: u64) -> NewEvent {
-    let payload = json!({
-        "name": format!("customer-{i}"),
-        "email": format!("c{i}@example.com"),
-        "amount": i as f64 * 1.25,
-        "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-22", "qty": 1}],
-        "note": "x".repeat(40),
-    });
-    Event::new(format!("order.type{}", i % 10), format!("order-{}", i % 100_000), payload)
+    Event::new(format!("order.type{}", i % 10), format!("order-{}", i % 100_000), order_payload(i))
 }
 
 fn main() {

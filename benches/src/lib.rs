@@ -31,6 +31,18 @@ pub fn small_payload(n: u64) -> Value {
     json!({"name": "Alice", "n": n})
 }
 
+/// The order payload of the `i`th event: about 170 bytes of JSON, mostly different for
+/// each `i` (the footprint and merge benches').
+pub fn order_payload(i: u64) -> Value {
+    json!({
+        "name": format!("customer-{i}"),
+        "email": format!("c{i}@example.com"),
+        "amount": i as f64 * 1.25,
+        "items": [{"sku": "A-1", "qty": 2}, {"sku": "B-22", "qty": 1}],
+        "note": "x".repeat(40),
+    })
+}
+
 /// The id of the `index`th entity: `entity-{index}`.
 pub fn entity_id(index: u64) -> String {
     format!("entity-{index}")

@@ -389,16 +389,15 @@ impl EventTable {
         let Some(Chunk::Open(slots)) = self.chunks.read().get(index).cloned() else { return Ok(()) };
         let first = (index * CHUNK_EVENTS) as Position + 1;
         let written = EventColumns::try_new(written, JsonCheck::Trust)?;
-        let columns = match written {
-            columns if columns.len() == CHUNK_EVENTS && columns.position(0) == first => columns,
-            _ => {
-                let events =
-                    slots.iter().map(|slot| slot.get().cloned()).collect::<Option<Vec<_>>>().ok_or_else(
-                        || Error::Internal(format!("chunk {index} is not full; it cannot be sealed")),
-                    )?;
-                let batch = allsource_storage::columnar::to_record_batch(&events)?;
-                EventColumns::try_new(&batch, JsonCheck::Trust)?
-            }
+        let columns = if written.len() == CHUNK_EVENTS && written.position(0) == first {
+            written
+        } else {
+            let events =
+                slots.iter().map(|slot| slot.get().cloned()).collect::<Option<Vec<_>>>().ok_or_else(
+                    || Error::Internal(format!("chunk {index} is not full; it cannot be sealed")),
+                )?;
+            let batch = allsource_storage::columnar::to_record_batch(&events)?;
+            EventColumns::try_new(&batch, JsonCheck::Trust)?
         };
         let sealed = Chunk::Sealed(Arc::new(SealedChunk::new(columns, intern)?));
         self.chunks.write()[index] = sealed;
