@@ -148,11 +148,13 @@ impl Decision {
 
 /// A checkpoint during operation is written once at least this many events per entity
 /// were committed since the last one. A checkpoint writes every entity's state, which
-/// costs about as much as merging an event into one; so this spends about 1/16 of the
-/// merging work on checkpoints, and a crash restart replays at most 16 events per
-/// entity more than it would with a checkpoint at the crash. (With 4, checkpoints took
-/// over half of the sealer's time under batch appends to 100K entities.)
-const CHECKPOINT_EVENTS_PER_ENTITY: u64 = 16;
+/// costs about as much as merging an event into one; so this spends about an eighth of
+/// the merging work on checkpoints, and a crash restart replays at most 8 events per
+/// entity that a checkpoint at the crash would have spared it (1.8 µs each, measured
+/// with 100K entities: at most 1.5 s). With 4, checkpoints took over half of the
+/// sealer's time under batch appends to 100K entities; 16 would let a crash restart of
+/// the footprint bench's 10M events take about 10.7 s, past its 10 s target.
+const CHECKPOINT_EVENTS_PER_ENTITY: u64 = 8;
 
 /// What the writer hands the publisher, in write order.
 enum Durable {
