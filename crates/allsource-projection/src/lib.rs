@@ -122,8 +122,8 @@ impl Snapshot {
         for (payload, version, timestamp) in events {
             let snapshot = snapshot.get_or_insert_with(Snapshot::empty);
             if apply_merge_patch_text(&mut snapshot.state, payload).is_err() {
-                // Not reachable with stored payloads, which are valid JSON; as before
-                // this merged from text, an unreadable payload counts as `null`.
+                // Not reachable: stored payloads are valid JSON. An unreadable one
+                // counts as `null`, as it did when payloads were parsed first.
                 snapshot.state = Value::Null;
             }
             snapshot.version = version;
@@ -216,8 +216,8 @@ impl Projection for EntitySnapshots {
             stored.version = event.version;
             stored.last_event_at = event.timestamp;
             if let Err(error) = merged {
-                // Stored payloads are valid JSON, so this is not reachable; if it were,
-                // the state would hold part of the payload, and says so.
+                // Not reachable: stored payloads are valid JSON. If it were, the state
+                // would hold part of the payload; the error names the event.
                 return Err(allsource_core_types::Error::Internal(format!(
                     "the payload of event {} is not JSON: {error}",
                     event.id
