@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::commit::{Ticket, Waiters};
 use crate::ids::IdGenerator;
 use crate::sharded::ShardedMap;
-use crate::table::{columns_of, EventTable, EventView};
+use crate::table::{columns_of, EventTable, EventView, CHUNK_EVENTS};
 
 /// The result of appending one event.
 #[derive(Debug, Clone)]
@@ -796,6 +796,10 @@ impl Inner {
                     wake.wait(&mut stopped);
                 }
             }
+            // Woken at a chunk's end: the table chunk after the one being filled now is
+            // made here, before the seal and a checkpoint take their time, rather than on
+            // the append path when the first event reaches it.
+            self.table.reserve(self.committed.load(Ordering::Acquire) + CHUNK_EVENTS as Position);
             let first = self.log.sealed_position() + 1;
             let events: Vec<Arc<Event>> =
                 (first..first + chunk_events).filter_map(|p| self.table.get(p)).collect();
