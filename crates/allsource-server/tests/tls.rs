@@ -199,11 +199,8 @@ fn a_client_that_stops_reading_is_cut_off_over_tls() {
     assert_eq!(status, 200);
     assert_eq!(subscribers(), 1);
 
-    // 30 MB of events, far more than the buffers on the way hold.
-    let pad = "p".repeat(30_000);
-    for batch in 0..40 {
-        let events: Vec<Value> =
-            (0..25).map(|i| event(&format!("e{i}"), "t", json!({"b": batch, "pad": pad}))).collect();
+    // 30 MB of events.
+    for events in common::padded_batches(40, 25, 30_000) {
         let append = Req::post_json("/api/v1/events/batch", &json!({ "events": events }));
         json_of(&send_tls(&client, server.addr, &append).unwrap(), 201);
     }

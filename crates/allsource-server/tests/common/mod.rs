@@ -177,6 +177,18 @@ pub fn stats(client: &impl Client) -> Value {
     ok(client, Req::get("/api/v1/stats"), 200)
 }
 
+/// `batches` append batches of `per_batch` events to entities `e0`, `e1`, ... with
+/// `pad_bytes` of padding each: what the stalled-client tests append, far more than
+/// the socket buffers on both sides and the HTTP layer's buffer hold.
+pub fn padded_batches(batches: usize, per_batch: usize, pad_bytes: usize) -> Vec<Vec<Value>> {
+    let pad = "p".repeat(pad_bytes);
+    (0..batches)
+        .map(|batch| {
+            (0..per_batch).map(|i| event(&format!("e{i}"), "t", json!({"b": batch, "pad": pad}))).collect()
+        })
+        .collect()
+}
+
 /// Server flags for the tests of a client that stops reading: one subscriber at most,
 /// a small buffer, and short stall and write timeouts.
 pub const STALLED_CLIENT_FLAGS: [&str; 8] = [
