@@ -100,9 +100,12 @@ impl Json {
         self == other || self.to_value() == other.to_value()
     }
 
-    /// The empty object, `{}`.
+    /// The empty object, `{}`: the metadata of every event sent without any, so a copy
+    /// of one made once rather than a `Value` serialized each time.
     pub fn empty_object() -> Json {
-        Json::from_value(&Value::Object(serde_json::Map::new()))
+        static EMPTY: std::sync::LazyLock<Json> =
+            std::sync::LazyLock::new(|| Json::from_value(&Value::Object(serde_json::Map::new())));
+        EMPTY.clone()
     }
 
     /// JSON `null`.
