@@ -18,7 +18,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use allsource_benches::{entity_id, filled_store, order_payload, sealed_store, StoreShape};
+use allsource_benches::{entity_id, filled_store, new_event, order_payload, sealed_store, StoreShape};
 use allsource_core::projection::{apply_merge_patch, apply_merge_patch_text};
 use allsource_core::EventStore;
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -36,18 +36,25 @@ fn state(c: &mut Criterion) {
 fn run(c: &mut Criterion, name: &str, store: &EventStore) {
     let events_per_entity = SHAPE.events_per_entity();
     let entity = entity_id(421);
-    // Setup check: replay and snapshot agree, at the entity's last version.
+    // Setup check: the state and the snapshot agree, at the entity's last version.
     let replayed = store.reconstruct_state(&entity, None).expect("the entity has events");
     let snapshot = store.snapshot(&entity).expect("the entity has a snapshot");
     assert_eq!(replayed, snapshot);
     assert_eq!(replayed.version, events_per_entity);
 
     let mut group = c.benchmark_group(name);
-    group.bench_function(format!("replay/{events_per_entity}_events"), |b| {
-        b.iter(|| black_box(store.reconstruct_state(&entity, None).expect("replay succeeds")))
-    });
     group.bench_function(format!("snapshot/{events_per_entity}_events"), |b| {
         b.iter(|| black_box(store.snapshot(&entity).expect("snapshot succeeds")))
+    });
+    // The state at the entity's last version is the snapshot's, without a replay. One
+    // more event makes the state as of the 100th a replay of all 100.
+    let as_of = replayed.last_event_at;
+    let extra = store.append(new_event(0, 421, SHAPE.n_events)).expect("the append succeeds").event;
+    assert!(extra.timestamp > as_of, "the extra event is later than the 100th");
+    let as_of_100th = store.reconstruct_state(&entity, Some(as_of)).expect("the entity has events");
+    assert_eq!((as_of_100th.state, as_of_100th.version), (replayed.state.clone(), events_per_entity));
+    group.bench_function(format!("replay/{events_per_entity}_events"), |b| {
+        b.iter(|| black_box(store.reconstruct_state(&entity, Some(as_of)).expect("replay succeeds")))
     });
     group.finish();
 }
