@@ -744,9 +744,9 @@ impl Inner {
         self.ingested.fetch_add(events.len() as u64, Ordering::Relaxed);
         self.waiters.committed(last.position);
         // Only when a chunk is due: waking the sealer after every group costs a context
-        // switch each time. (A sealer busy sealing checks again before it waits.)
-        // (The log's sealed position takes a short lock: a seal holds it only to read
-        // and to swap its chunk list, not while it writes.)
+        // switch each time. A sealer busy sealing checks again before it waits. (The
+        // log's sealed position takes a short lock: a seal holds it only to read and to
+        // swap its chunk list, not while it writes.)
         let sealed = self.log.sealed_position();
         let chunk_due = self
             .log
