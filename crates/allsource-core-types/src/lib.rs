@@ -37,3 +37,8 @@ pub type Position = u64;
 
 /// An event's number within its entity: 1 for the entity's first event, gapless.
 pub type Version = u64;
+
+/// Writes one JSON value to the writer it is given: how a projection hands its state to
+/// a checkpoint, which writes it straight to the file (a state can be hundreds of
+/// megabytes) after taking it quickly under the engine's locks.
+pub type JsonWriter = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send>;

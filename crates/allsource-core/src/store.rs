@@ -11,7 +11,7 @@ use allsource_core_types::{
 };
 use allsource_index::{first_position_where, IdIndex, PositionIndex, PositionRange};
 use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
-use allsource_storage::archive::Checkpoint;
+use allsource_storage::archive::{Checkpoint, NewCheckpoint};
 use allsource_storage::columnar::{IpcStreamWriter, ParquetFileWriter};
 use allsource_storage::{DurableLog, Log, LogInfo, MemoryLog, Recovered, RecoveryReport, WalConfig};
 use arrow_array::RecordBatch;
@@ -534,7 +534,7 @@ impl Inner {
             let _apply = self.apply_lock.lock();
             let position = self.committed.load(Ordering::Acquire);
             let event = self.table.view(position)?;
-            Checkpoint {
+            NewCheckpoint {
                 position,
                 event_id: event.id(),
                 timestamp_micros: event.timestamp().as_micros(),
@@ -543,10 +543,11 @@ impl Inner {
         };
         // The entity snapshots (most of a checkpoint's work: one state per entity) are
         // taken with appends flowing: they may run ahead of the position, which their
-        // versions make harmless.
+        // versions make harmless. Every state is written out after, with no lock held.
         checkpoint.projections.extend(self.projections.checkpoint(true));
-        match self.log.write_checkpoint(&checkpoint) {
-            Ok(()) => Some(checkpoint.position),
+        let position = checkpoint.position;
+        match self.log.write_checkpoint(checkpoint) {
+            Ok(()) => Some(position),
             Err(error) => {
                 tracing::warn!(%error, "could not write a projection checkpoint");
                 None

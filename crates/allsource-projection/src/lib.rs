@@ -32,10 +32,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use allsource_core_types::{EntityId, Event, EventType, Result, Timestamp, Version};
+use allsource_core_types::{EntityId, Event, EventType, JsonWriter, Result, Timestamp, Version};
 use dashmap::DashMap;
 use parking_lot::RwLock;
-use serde::{Serialize, Serializer};
+use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -63,11 +63,13 @@ pub trait Projection: Send + Sync {
     /// Forgets everything, as before the first event.
     fn clear(&self);
 
-    /// The whole state as JSON text, for a checkpoint, so that a restart need not
-    /// replay the events before it (`serde_json::value::to_raw_value` makes it).
-    /// `None` (the default): this projection is not checkpointed and is rebuilt by
-    /// replay.
-    fn checkpoint(&self) -> Option<Box<RawValue>> {
+    /// The whole state, taken for a checkpoint so that a restart need not replay the
+    /// events before it: a writer that puts it out as one JSON value (what
+    /// [`Projection::restore`] gets back, parsed). The engine calls this under its locks
+    /// and runs the writer after, outside them: take the state quickly (share or copy
+    /// it) and leave the writing to the writer. `None` (the default): this projection is
+    /// not checkpointed and is rebuilt by replay.
+    fn checkpoint(&self) -> Option<JsonWriter> {
         None
     }
 
@@ -247,20 +249,20 @@ impl Projection for EntitySnapshots {
     }
 
     /// `{"entity": [state, version, last_event_at_micros], ...}`, written from the
-    /// shared states without copying them.
-    fn checkpoint(&self) -> Option<Box<RawValue>> {
-        struct Entities(Vec<(EntityId, Stored)>);
-        impl Serialize for Entities {
-            fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
-                serializer.collect_map(self.0.iter().map(|(entity, s)| {
-                    (entity.as_str(), (&*s.state, s.version, s.last_event_at.as_micros()))
-                }))
-            }
-        }
-        // First the shared states (cheap, shard by shard), then the text, with no lock.
-        let stored =
+    /// shared states without copying them. Each state is let go as soon as it is
+    /// written: until then, merging an event into it copies it first.
+    fn checkpoint(&self) -> Option<JsonWriter> {
+        let stored: Vec<(EntityId, Stored)> =
             self.snapshots.iter().map(|entry| (entry.key().clone(), entry.value().clone())).collect();
-        serde_json::value::to_raw_value(&Entities(stored)).ok()
+        Some(Box::new(move |out| {
+            let mut serializer = serde_json::Serializer::new(out);
+            let mut map = serializer.serialize_map(Some(stored.len()))?;
+            for (entity, s) in stored {
+                map.serialize_entry(entity.as_str(), &(&*s.state, s.version, s.last_event_at.as_micros()))?;
+            }
+            SerializeMap::end(map)?;
+            Ok(())
+        }))
     }
 
     fn restore(&self, state: Value) -> Result<()> {
@@ -333,10 +335,10 @@ impl Projection for EventCounters {
         self.counts.clear();
     }
 
-    fn checkpoint(&self) -> Option<Box<RawValue>> {
+    fn checkpoint(&self) -> Option<JsonWriter> {
         let counts: BTreeMap<String, u64> =
             self.counts.iter().map(|entry| (entry.key().to_string(), *entry.value())).collect();
-        serde_json::value::to_raw_value(&counts).ok()
+        Some(Box::new(move |out| Ok(serde_json::to_writer(out, &counts)?)))
     }
 
     fn restore(&self, state: Value) -> Result<()> {
@@ -420,7 +422,7 @@ impl ProjectionRegistry {
 
     /// The checkpoint of every projection that has one, by name: of those whose
     /// [`Projection::checkpoint_while_live`] is `while_live`.
-    pub fn checkpoint(&self, while_live: bool) -> BTreeMap<String, Box<RawValue>> {
+    pub fn checkpoint(&self, while_live: bool) -> Vec<(String, JsonWriter)> {
         self.all
             .read()
             .iter()
@@ -487,6 +489,13 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+
+    /// What a checkpoint writer writes, parsed.
+    fn written(writer: JsonWriter) -> Value {
+        let mut text = Vec::new();
+        writer(&mut text).unwrap();
+        serde_json::from_slice(&text).unwrap()
+    }
 
     fn event(entity: &str, version: Version, position: Position, payload: Value) -> Event {
         Event {
@@ -571,7 +580,7 @@ mod tests {
         for e in &events[..5] {
             live.process(e).unwrap();
         }
-        let checkpoint: Value = serde_json::from_str(live.checkpoint().unwrap().get()).unwrap();
+        let checkpoint = written(live.checkpoint().unwrap());
         assert!(live.checkpoint_while_live());
         let restored = EntitySnapshots::default();
         restored.restore(checkpoint).unwrap();
@@ -590,8 +599,11 @@ mod tests {
         // The counters are not idempotent: they are checkpointed exactly.
         assert!(!EventCounters::default().checkpoint_while_live());
         let registry = ProjectionRegistry::default();
-        assert_eq!(registry.checkpoint(true).keys().collect::<Vec<_>>(), ["entity_snapshots"]);
-        assert_eq!(registry.checkpoint(false).keys().collect::<Vec<_>>(), ["event_counters"]);
+        let names = |writers: Vec<(String, JsonWriter)>| {
+            writers.into_iter().map(|(name, _)| name).collect::<Vec<_>>()
+        };
+        assert_eq!(names(registry.checkpoint(true)), ["entity_snapshots"]);
+        assert_eq!(names(registry.checkpoint(false)), ["event_counters"]);
     }
 
     #[test]

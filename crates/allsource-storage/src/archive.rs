@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use allsource_core_types::{Error, Event, Position};
+use allsource_core_types::{Error, Event, JsonWriter, Position};
 use arrow_array::RecordBatch;
 use parking_lot::Mutex;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -71,6 +71,41 @@ pub struct Checkpoint {
     pub timestamp_micros: i64,
     /// Each checkpointed projection's state as JSON text, by name.
     pub projections: BTreeMap<String, Box<RawValue>>,
+}
+
+/// A checkpoint to write: what [`Checkpoint`] reads back, with each projection's state
+/// still to be written (straight to the file: the entity snapshots of a large store
+/// come to hundreds of megabytes).
+pub struct NewCheckpoint {
+    /// The last event the projections' state includes.
+    pub position: Position,
+    /// That event's id ...
+    pub event_id: uuid::Uuid,
+    /// ... and timestamp, in microseconds.
+    pub timestamp_micros: i64,
+    /// Each checkpointed projection's name, and the writer of its state. Names are
+    /// unique.
+    pub projections: Vec<(String, JsonWriter)>,
+}
+
+impl NewCheckpoint {
+    /// Writes the checkpoint as the JSON object that [`Checkpoint`] reads.
+    fn write_to(self, out: &mut dyn Write) -> io::Result<()> {
+        write!(
+            out,
+            r#"{{"position":{},"event_id":"{}","timestamp_micros":{},"projections":{{"#,
+            self.position, self.event_id, self.timestamp_micros
+        )?;
+        for (i, (name, state)) in self.projections.into_iter().enumerate() {
+            if i > 0 {
+                out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut *out, &name)?;
+            out.write_all(b":")?;
+            state(out)?;
+        }
+        out.write_all(b"}}")
+    }
 }
 
 /// The sealed chunks of a data directory.
@@ -329,12 +364,11 @@ impl Archive {
 
     /// Replaces the projection checkpoint, durably (temporary file, fsync, rename,
     /// fsync the directory): a crash leaves the old checkpoint or the new one.
-    pub fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), Error> {
+    pub fn write_checkpoint(&self, checkpoint: NewCheckpoint) -> Result<(), Error> {
         self.write_durably(&self.data_dir, CHECKPOINT_FILE, |out| {
-            // Straight to the file: a checkpoint can be tens of megabytes.
             let mut buffered = io::BufWriter::with_capacity(1 << 20, out);
-            serde_json::to_writer(&mut buffered, checkpoint)
-                .map_err(io::Error::from)
+            checkpoint
+                .write_to(&mut buffered)
                 .and_then(|()| buffered.flush())
                 .map_err(|e| storage_error(format!("cannot write the checkpoint: {e}")))
         })

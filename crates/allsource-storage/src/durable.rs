@@ -10,7 +10,7 @@ use allsource_core_types::{Error, Event, Position};
 use arrow_array::RecordBatch;
 use parking_lot::Mutex;
 
-use crate::archive::{Archive, Checkpoint};
+use crate::archive::{Archive, Checkpoint, NewCheckpoint};
 use crate::fs::{Fs, RealFs};
 use crate::wal::{create_dir_durably, lock_data_dir};
 use crate::{Log, LogInfo, Recovered, RecoveryReport, Wal, WalConfig};
@@ -111,7 +111,7 @@ impl Log for DurableLog {
         }
     }
 
-    fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), Error> {
+    fn write_checkpoint(&self, checkpoint: NewCheckpoint) -> Result<(), Error> {
         self.archive.write_checkpoint(checkpoint)
     }
 

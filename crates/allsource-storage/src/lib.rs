@@ -79,7 +79,7 @@ pub trait Log: Send + Sync {
 
     /// Keeps a projection checkpoint, replacing the previous one. The default keeps
     /// nothing.
-    fn write_checkpoint(&self, checkpoint: &archive::Checkpoint) -> Result<(), Error> {
+    fn write_checkpoint(&self, checkpoint: archive::NewCheckpoint) -> Result<(), Error> {
         let _ = checkpoint;
         Ok(())
     }

@@ -201,3 +201,44 @@ fn small_chunks_are_merged_and_every_crash_point_of_a_merge_recovers() {
         }
     }
 }
+
+#[test]
+fn a_checkpoint_reads_back_as_written_and_a_failed_one_keeps_the_last() {
+    use allsource_storage::archive::NewCheckpoint;
+    let fs = SimFs::new();
+    let (log, _) = open(&fs).unwrap();
+    assert!(log.read_checkpoint().is_none());
+    let new = |position: u64, states: Vec<(&str, &'static str)>| NewCheckpoint {
+        position,
+        event_id: uuid::Uuid::from_u128(u128::from(position)),
+        timestamp_micros: -7,
+        projections: states
+            .into_iter()
+            .map(|(name, text)| {
+                let writer: allsource_core_types::JsonWriter =
+                    Box::new(move |out| out.write_all(text.as_bytes()));
+                (name.to_string(), writer)
+            })
+            .collect(),
+    };
+    log.write_checkpoint(new(3, vec![("a \"quoted\" name", r#"{"k":[1,2]}"#), ("b", "7")])).unwrap();
+    let read = log.read_checkpoint().unwrap();
+    assert_eq!((read.position, read.event_id, read.timestamp_micros), (3, uuid::Uuid::from_u128(3), -7));
+    let states: Vec<(&str, &str)> = read.projections.iter().map(|(k, v)| (k.as_str(), v.get())).collect();
+    assert_eq!(states, [("a \"quoted\" name", r#"{"k":[1,2]}"#), ("b", "7")]);
+
+    // A state whose writer fails: the checkpoint on disk stays the last good one.
+    let mut failing = new(5, vec![("b", "8")]);
+    failing.projections.push((
+        "c".to_string(),
+        Box::new(|out: &mut dyn std::io::Write| {
+            out.write_all(b"{\"half")?;
+            Err(std::io::Error::other("the state could not be written"))
+        }),
+    ));
+    let error = log.write_checkpoint(failing).unwrap_err();
+    assert!(error.to_string().contains("could not be written"), "{error}");
+    let read = log.read_checkpoint().unwrap();
+    assert_eq!(read.position, 3);
+    assert_eq!(read.projections["b"].get(), "7");
+}
