@@ -253,7 +253,7 @@ impl Drop for EventStore {
 impl EventStore {
     /// An empty store that keeps its events in memory only.
     pub fn new() -> EventStore {
-        let inner = Inner::new(Box::new(MemoryLog::default()), false, 0);
+        let inner = Inner::new(Box::new(MemoryLog::default()), false);
         EventStore { inner: Arc::new(inner), threads: Vec::new() }
     }
 
@@ -263,7 +263,7 @@ impl EventStore {
     pub fn open(log: Box<dyn Log>) -> Result<EventStore> {
         let group_commit = log.describe().durable;
         let recovered = log.recover()?;
-        let inner = Arc::new(Inner::new(log, group_commit, recovered.len()));
+        let inner = Arc::new(Inner::new(log, group_commit));
         let checkpoint = inner.log.read_checkpoint();
         let checkpointed = inner.recover(recovered, checkpoint)?;
         let mut store = EventStore { inner, threads: Vec::new() };
@@ -372,8 +372,7 @@ impl EventStore {
 }
 
 impl Inner {
-    /// `events`: how many events the log recovered, to size the id index once.
-    fn new(log: Box<dyn Log>, group_commit: bool, events: usize) -> Inner {
+    fn new(log: Box<dyn Log>, group_commit: bool) -> Inner {
         Inner {
             log,
             sequencer: Mutex::new(Sequencer {
@@ -387,7 +386,7 @@ impl Inner {
             table: EventTable::default(),
             entities: PositionIndex::default(),
             event_types: PositionIndex::default(),
-            ids: IdIndex::with_capacity(events),
+            ids: IdIndex::default(),
             projections: ProjectionRegistry::default(),
             apply_lock: Mutex::new(()),
             ingested: AtomicU64::new(0),

@@ -31,7 +31,8 @@ use uuid::Uuid;
 
 mod list;
 
-use list::PositionList;
+use list::{BlockList, PositionList};
+use parking_lot::RwLock;
 
 /// The hasher of every index map: fast, and seeded at random per process, so that
 /// keys chosen by clients cannot be picked to collide.
@@ -81,8 +82,8 @@ impl PositionRange {
         if self.is_empty() {
             return (0, 0);
         }
-        let start = positions.partition_point(|p| p < self.first);
-        let end = positions.partition_point(|p| p <= self.last);
+        let start = positions.partition_point(|&p| p < self.first);
+        let end = positions.partition_point(|&p| p <= self.last);
         (start, end.max(start))
     }
 }
@@ -185,27 +186,72 @@ impl<K: Eq + Hash> PositionIndex<K> {
 }
 
 /// Event id to log position.
+///
+/// Most ids are the store's own, UUIDv7s that increase with time, so they arrive in
+/// increasing order: those go at the end of an ordered run, looked up by binary search.
+/// Appending there writes memory that was just written, where a hash map, over which
+/// ids spread evenly, misses the cache on nearly every insert of a large log (and
+/// rehashes as it grows). Every other id (a client's UUIDv4, or one out of order) goes
+/// to a hash map.
 #[derive(Debug)]
 pub struct IdIndex {
-    positions: DashMap<Uuid, Position, RandomState>,
+    /// Ids in increasing order, with their positions.
+    ordered: RwLock<BlockList<(Uuid, Position)>>,
+    /// The ids not in `ordered`.
+    others: DashMap<Uuid, Position, RandomState>,
 }
 
 impl Default for IdIndex {
     fn default() -> Self {
-        IdIndex::with_capacity(0)
+        IdIndex { ordered: RwLock::default(), others: sharded_map(0) }
     }
 }
 
-impl IdIndex {
-    /// An empty index with room for `capacity` ids (a restart knows how many come).
-    pub fn with_capacity(capacity: usize) -> IdIndex {
-        IdIndex { positions: sharded_map(capacity) }
-    }
+/// How far ahead of this machine's clock a UUIDv7 may be and still join the ordered
+/// run. An id that joins is larger than every id before it, so one from a client
+/// whose clock runs ahead sends the store's own ids to the hash map until the clock
+/// catches up with it: for a minute at most.
+const RUN_AHEAD_MILLIS_MAX: u64 = 60_000;
 
+/// Whether `id` may join the ordered run (given that it is larger than its last id):
+/// a UUIDv7 not too far in the future. A UUIDv4 is random, so would usually be larger
+/// than every UUIDv7 to come.
+fn may_join_run(id: &Uuid) -> bool {
+    let Some(timestamp) = id.get_timestamp().filter(|_| id.get_version_num() == 7) else { return false };
+    let (seconds, nanos) = timestamp.to_unix();
+    let millis = seconds.saturating_mul(1000).saturating_add(u64::from(nanos / 1_000_000));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
+    millis <= now.saturating_add(RUN_AHEAD_MILLIS_MAX)
+}
+
+/// The position of `id` in the ordered run: a binary search.
+fn find_in_run(run: &BlockList<(Uuid, Position)>, id: &Uuid) -> Option<Position> {
+    let index = run.partition_point(|(other, _)| other < id);
+    run.get(index).filter(|(other, _)| other == id).map(|(_, position)| position)
+}
+
+impl IdIndex {
     /// Records that the event `id` is at `position`; returns the position already
     /// recorded for `id`, if any, leaving it in place.
     pub fn insert(&self, id: Uuid, position: Position) -> Option<Position> {
-        match self.positions.entry(id) {
+        {
+            let mut run = self.ordered.write();
+            if run.last().is_none_or(|(last, _)| last < id) {
+                // Not in the run; in the map only if it could not join it before.
+                if let Some(existing) = self.others.get(&id) {
+                    return Some(*existing);
+                }
+                if may_join_run(&id) {
+                    run.push((id, position));
+                    return None;
+                }
+            } else if let Some(existing) = find_in_run(&run, &id) {
+                return Some(existing);
+            }
+        }
+        match self.others.entry(id) {
             dashmap::Entry::Occupied(existing) => Some(*existing.get()),
             dashmap::Entry::Vacant(slot) => {
                 slot.insert(position);
@@ -216,17 +262,18 @@ impl IdIndex {
 
     /// The position of the event `id`.
     pub fn get(&self, id: &Uuid) -> Option<Position> {
-        self.positions.get(id).map(|p| *p)
+        let in_run = find_in_run(&self.ordered.read(), id);
+        in_run.or_else(|| self.others.get(id).map(|p| *p))
     }
 
     /// How many ids are recorded.
     pub fn len(&self) -> usize {
-        self.positions.len()
+        self.ordered.read().len() + self.others.len()
     }
 
     /// Whether no id is recorded.
     pub fn is_empty(&self) -> bool {
-        self.positions.is_empty()
+        self.len() == 0
     }
 }
 
@@ -293,6 +340,84 @@ mod tests {
         assert_eq!(ids.insert(id, 9), Some(3));
         assert_eq!(ids.get(&id), Some(3));
         assert_eq!(ids.get(&Uuid::nil()), None);
+    }
+
+    /// A UUIDv7 at `millis`, ordered by `counter` within the millisecond, as the store
+    /// makes them.
+    fn v7(millis: u64, counter: u16, random: u64) -> Uuid {
+        let mut bytes = [0u8; 10];
+        bytes[..2].copy_from_slice(&counter.to_be_bytes());
+        bytes[2..].copy_from_slice(&random.to_be_bytes());
+        uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
+    }
+
+    fn now_millis() -> u64 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        u64::try_from(now.as_millis()).unwrap()
+    }
+
+    #[test]
+    fn increasing_ids_go_to_the_ordered_run_and_others_to_the_map() {
+        let ids = IdIndex::default();
+        let start = now_millis() - 10_000;
+        for i in 0..3 * list::BLOCK as u64 {
+            assert_eq!(ids.insert(v7(start + i / 7, (i % 7) as u16, i), i + 1), None);
+        }
+        assert!(ids.others.is_empty());
+        // A client's UUIDv4, a UUIDv7 out of order, one from an hour ahead.
+        let v4 = uuid::Builder::from_random_bytes([0xAB; 16]).into_uuid();
+        let behind = v7(start, 0, 12_345);
+        let ahead = v7(now_millis() + 3_600_000, 0, 0);
+        assert_eq!(ids.insert(v4, 100_000), None);
+        assert_eq!(ids.insert(behind, 100_001), None);
+        assert_eq!(ids.insert(ahead, 100_002), None);
+        assert_eq!(ids.others.len(), 3);
+        // The store's next id still joins the run.
+        let next = v7(start + 3 * list::BLOCK as u64, 0, 0);
+        assert_eq!(ids.insert(next, 100_003), None);
+        assert_eq!(ids.others.len(), 3);
+        assert_eq!(ids.len(), 3 * list::BLOCK + 4);
+        for (id, position) in [(v4, 100_000), (behind, 100_001), (ahead, 100_002), (next, 100_003)] {
+            assert_eq!(ids.get(&id), Some(position));
+            assert_eq!(ids.insert(id, 1), Some(position));
+        }
+        assert_eq!(ids.get(&v7(start + 5, 0, 35)), Some(36));
+        assert_eq!(ids.get(&v7(start + 5, 0, 36)), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the mix of ids (the store's increasing UUIDv7s, random UUIDv4s,
+        /// repeats, UUIDv7s from a little or far ahead), the index answers as a map
+        /// that keeps each id's first position.
+        #[test]
+        fn the_id_index_agrees_with_a_map(ops in proptest::collection::vec((0u8..6, proptest::prelude::any::<u64>()), 1..400)) {
+            let ids = IdIndex::default();
+            let mut model = std::collections::HashMap::new();
+            let mut seen: Vec<Uuid> = Vec::new();
+            let now = now_millis();
+            let mut millis = now - 1_000_000;
+            for (i, (kind, bits)) in ops.into_iter().enumerate() {
+                let position = i as Position + 1;
+                let id = match kind {
+                    0 | 1 => {
+                        millis += bits % 2;
+                        v7(millis, i as u16, bits)
+                    }
+                    2 => uuid::Builder::from_random_bytes([bits.to_le_bytes(), bits.to_be_bytes()].concat().try_into().unwrap()).into_uuid(),
+                    3 if !seen.is_empty() => seen[bits as usize % seen.len()],
+                    4 => v7(now + 10_000, i as u16, bits),
+                    _ => v7(now + 3_600_000 + bits % 1000, i as u16, bits),
+                };
+                proptest::prop_assert_eq!(ids.insert(id, position), model.get(&id).copied());
+                model.entry(id).or_insert(position);
+                seen.push(id);
+            }
+            proptest::prop_assert_eq!(ids.len(), model.len());
+            for (id, position) in &model {
+                proptest::prop_assert_eq!(ids.get(id), Some(*position));
+            }
+            proptest::prop_assert_eq!(ids.get(&Uuid::nil()), None);
+        }
     }
 
     #[test]

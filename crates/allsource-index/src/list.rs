@@ -1,113 +1,117 @@
-//! One key's positions, in increasing order, stored so that growing never moves many.
+//! Sorted lists (one key's positions; the ordered ids) stored so that growing never
+//! moves many items.
 //!
 //! A `Vec` doubles when it is full: it allocates twice the room and copies every
-//! position across, while the index holds the key's lock (and the engine its
-//! sequencer's). For an event type with 2M events that is a 16 MB copy, and it grows
-//! with the log. So a list is a plain `Vec` up to [`BLOCK`] positions (most entities
-//! never get there), then full blocks of [`BLOCK`] that never move again, plus the
-//! block being filled: a push copies at most one block.
+//! item across, while the index holds the key's lock (and the engine its sequencer's).
+//! For an event type with 2M events that is a 16 MB copy, and it grows with the log.
+//! So a list is a plain `Vec` up to [`BLOCK`] items (most entities never get there),
+//! then full blocks of [`BLOCK`] that never move again, plus the block being filled: a
+//! push copies at most one block.
 
 use allsource_core_types::Position;
 
-/// Positions per block: 64 KiB.
+/// Items per block: 64 KiB of positions.
 pub(crate) const BLOCK: usize = 8 * 1024;
 
-/// A sorted list of positions.
+/// A list of items in increasing order.
 #[derive(Debug)]
-pub(crate) enum PositionList {
-    /// Up to [`BLOCK`] positions.
-    Small(Vec<Position>),
+pub(crate) enum BlockList<T> {
+    /// Up to [`BLOCK`] items.
+    Small(Vec<T>),
     /// More: boxed, so that the short lists of most keys stay the size of a `Vec`.
-    Blocks(Box<Blocks>),
+    Blocks(Box<Blocks<T>>),
 }
+
+/// One key's positions.
+pub(crate) type PositionList = BlockList<Position>;
 
 #[derive(Debug)]
-pub(crate) struct Blocks {
-    /// Full blocks of exactly [`BLOCK`] positions each.
-    full: Vec<Box<[Position]>>,
-    /// The block being filled: fewer than [`BLOCK`] positions.
-    tail: Vec<Position>,
+pub(crate) struct Blocks<T> {
+    /// Full blocks of exactly [`BLOCK`] items each.
+    full: Vec<Box<[T]>>,
+    /// The block being filled: fewer than [`BLOCK`] items.
+    tail: Vec<T>,
 }
 
-impl Default for PositionList {
+impl<T> Default for BlockList<T> {
     fn default() -> Self {
-        PositionList::Small(Vec::new())
+        BlockList::Small(Vec::new())
     }
 }
 
-impl PositionList {
-    /// How many positions.
+impl<T: Copy> BlockList<T> {
+    /// How many items.
     pub(crate) fn len(&self) -> usize {
         match self {
-            PositionList::Small(list) => list.len(),
-            PositionList::Blocks(blocks) => blocks.full.len() * BLOCK + blocks.tail.len(),
+            BlockList::Small(list) => list.len(),
+            BlockList::Blocks(blocks) => blocks.full.len() * BLOCK + blocks.tail.len(),
         }
     }
 
-    /// The last position, if any.
-    pub(crate) fn last(&self) -> Option<Position> {
+    /// The last item, if any.
+    pub(crate) fn last(&self) -> Option<T> {
         match self {
-            PositionList::Small(list) => list.last().copied(),
-            PositionList::Blocks(blocks) => {
+            BlockList::Small(list) => list.last().copied(),
+            BlockList::Blocks(blocks) => {
                 blocks.tail.last().or_else(|| blocks.full.last().and_then(|block| block.last())).copied()
             }
         }
     }
 
-    /// Appends `position`, larger than every position in the list.
-    pub(crate) fn push(&mut self, position: Position) {
+    /// Appends `item`, larger than every item in the list.
+    pub(crate) fn push(&mut self, item: T) {
         match self {
-            PositionList::Small(list) if list.len() < BLOCK => list.push(position),
-            PositionList::Small(list) => {
+            BlockList::Small(list) if list.len() < BLOCK => list.push(item),
+            BlockList::Small(list) => {
                 let first = std::mem::take(list).into_boxed_slice();
                 let mut tail = Vec::with_capacity(BLOCK);
-                tail.push(position);
-                *self = PositionList::Blocks(Box::new(Blocks { full: vec![first], tail }));
+                tail.push(item);
+                *self = BlockList::Blocks(Box::new(Blocks { full: vec![first], tail }));
             }
-            PositionList::Blocks(blocks) => {
+            BlockList::Blocks(blocks) => {
                 if blocks.tail.len() == BLOCK {
                     let full = std::mem::replace(&mut blocks.tail, Vec::with_capacity(BLOCK));
                     blocks.full.push(full.into_boxed_slice());
                 }
-                blocks.tail.push(position);
+                blocks.tail.push(item);
             }
         }
     }
 
-    /// The number of leading positions for which `predicate` holds, where it holds for
-    /// a prefix of the list (as `p < bound` does): a binary search.
-    pub(crate) fn partition_point(&self, predicate: impl Fn(Position) -> bool) -> usize {
+    /// The number of leading items for which `predicate` holds, where it holds for a
+    /// prefix of the list (as `p < bound` does): a binary search.
+    pub(crate) fn partition_point(&self, predicate: impl Fn(&T) -> bool) -> usize {
         match self {
-            PositionList::Small(list) => list.partition_point(|&p| predicate(p)),
-            PositionList::Blocks(blocks) => {
-                // The first block whose last position fails holds the boundary.
-                let whole = blocks.full.partition_point(|block| block.last().is_some_and(|&p| predicate(p)));
+            BlockList::Small(list) => list.partition_point(predicate),
+            BlockList::Blocks(blocks) => {
+                // The first block whose last item fails holds the boundary.
+                let whole = blocks.full.partition_point(|block| block.last().is_some_and(&predicate));
                 match blocks.full.get(whole) {
-                    Some(block) => whole * BLOCK + block.partition_point(|&p| predicate(p)),
-                    None => whole * BLOCK + blocks.tail.partition_point(|&p| predicate(p)),
+                    Some(block) => whole * BLOCK + block.partition_point(predicate),
+                    None => whole * BLOCK + blocks.tail.partition_point(predicate),
                 }
             }
         }
     }
 
-    /// The position at `index` (below [`PositionList::len`]).
-    pub(crate) fn get(&self, index: usize) -> Option<Position> {
+    /// The item at `index` (below [`BlockList::len`]).
+    pub(crate) fn get(&self, index: usize) -> Option<T> {
         match self {
-            PositionList::Small(list) => list.get(index).copied(),
-            PositionList::Blocks(blocks) => match blocks.full.get(index / BLOCK) {
+            BlockList::Small(list) => list.get(index).copied(),
+            BlockList::Blocks(blocks) => match blocks.full.get(index / BLOCK) {
                 Some(block) => block.get(index % BLOCK).copied(),
                 None => blocks.tail.get(index - blocks.full.len() * BLOCK).copied(),
             },
         }
     }
 
-    /// The positions at indexes `start..end`, copied out.
-    pub(crate) fn copy_range(&self, start: usize, end: usize) -> Vec<Position> {
+    /// The items at indexes `start..end`, copied out.
+    pub(crate) fn copy_range(&self, start: usize, end: usize) -> Vec<T> {
         let end = end.min(self.len());
         let mut out = Vec::with_capacity(end.saturating_sub(start));
         match self {
-            PositionList::Small(list) => out.extend_from_slice(list.get(start..end).unwrap_or_default()),
-            PositionList::Blocks(blocks) => {
+            BlockList::Small(list) => out.extend_from_slice(list.get(start..end).unwrap_or_default()),
+            BlockList::Blocks(blocks) => {
                 let mut offset = 0;
                 let segments = blocks.full.iter().map(|block| &block[..]).chain([&blocks.tail[..]]);
                 for segment in segments {
@@ -148,8 +152,8 @@ mod tests {
 
     #[test]
     fn lists_become_blocks_past_one_block() {
-        assert!(matches!(list_of(BLOCK), PositionList::Small(_)));
-        let PositionList::Blocks(blocks) = list_of(3 * BLOCK + 1) else { panic!("not blocks") };
+        assert!(matches!(list_of(BLOCK), BlockList::Small(_)));
+        let BlockList::Blocks(blocks) = list_of(3 * BLOCK + 1) else { panic!("not blocks") };
         assert_eq!(blocks.full.len(), 3);
         assert!(blocks.full.iter().all(|block| block.len() == BLOCK));
         assert_eq!(blocks.tail, [(3 * BLOCK as Position + 1) * 3]);
@@ -171,8 +175,8 @@ mod tests {
             let model: Vec<Position> = (1..=n as Position).map(|i| i * 3).collect();
             prop_assert_eq!(list.len(), model.len());
             prop_assert_eq!(list.last(), model.last().copied());
-            prop_assert_eq!(list.partition_point(|p| p < bound), model.partition_point(|&p| p < bound));
-            prop_assert_eq!(list.partition_point(|p| p <= bound), model.partition_point(|&p| p <= bound));
+            prop_assert_eq!(list.partition_point(|&p| p < bound), model.partition_point(|&p| p < bound));
+            prop_assert_eq!(list.partition_point(|&p| p <= bound), model.partition_point(|&p| p <= bound));
             prop_assert_eq!(list.get(start), model.get(start).copied());
             let end = start.saturating_add(take);
             let expected = model.get(start.min(n)..end.min(n)).unwrap_or_default();
