@@ -29,7 +29,6 @@
 
 mod commit;
 mod ids;
-mod sharded;
 mod store;
 mod table;
 

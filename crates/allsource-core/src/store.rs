@@ -23,7 +23,6 @@ use uuid::Uuid;
 
 use crate::commit::{Ticket, Waiters};
 use crate::ids::IdGenerator;
-use crate::sharded::ShardedMap;
 use crate::table::{columns_of, EventTable, EventView, CHUNK_EVENTS};
 
 /// The result of appending one event.
@@ -121,9 +120,6 @@ struct Sequencer {
     next_position: Position,
     /// The timestamp of the last event sequenced; the next is never earlier.
     last_timestamp: Timestamp,
-    /// Each entity's current version, including events sequenced but not yet committed.
-    /// Its keys are also the interned entity ids: every event of an entity shares one.
-    versions: ShardedMap<EntityId, Version>,
     /// The interned event types.
     event_types: HashSet<EventType, RandomState>,
     /// Makes the ids of events that come without one.
@@ -193,6 +189,9 @@ struct Inner {
     committed: AtomicU64,
     /// Filled at sequencing time; readers only look at positions up to `committed`.
     table: EventTable,
+    /// Each entity's positions, sequenced ones included, so also its version (how many
+    /// it has); its keys are the interned entity ids, which every event of an entity
+    /// shares. Grown only under the sequencer's lock.
     entities: PositionIndex<EntityId>,
     event_types: PositionIndex<EventType>,
     ids: IdIndex,
@@ -378,7 +377,6 @@ impl Inner {
             sequencer: Mutex::new(Sequencer {
                 next_position: 1,
                 last_timestamp: Timestamp::MIN,
-                versions: ShardedMap::default(),
                 event_types: HashSet::default(),
                 ids: IdGenerator::new(),
             }),
@@ -409,7 +407,7 @@ impl Inner {
     /// matched), so that a clean stop writes a new one when it is behind.
     fn recover(&self, recovered: Recovered, checkpoint: Option<Checkpoint>) -> Result<Position> {
         let mut sequencer = self.sequencer.lock();
-        let Sequencer { versions, event_types, next_position, last_timestamp, .. } = &mut *sequencer;
+        let Sequencer { event_types, next_position, last_timestamp, .. } = &mut *sequencer;
         let mut intern_type = |text: &str| intern_event_type(event_types, text);
         self.table.load_sealed(&recovered.sealed, &mut intern_type)?;
         let mut check = |position: Position, entity: &str, version: Version, timestamp: Timestamp| {
@@ -418,13 +416,14 @@ impl Inner {
                     "recovered position {position} where {next_position} was expected"
                 )));
             }
-            let entity_id = match versions.get_key_value(entity) {
-                Some((entity_id, &current)) if version == current + 1 => entity_id.clone(),
+            // The entity's positions so far are its versions 1..=n.
+            let entity_id = match self.entities.key_and_len(entity) {
+                Some((entity_id, n)) if version == n as Version + 1 => entity_id,
                 None if version == 1 => EntityId::try_from(entity)?,
                 other => {
                     return Err(Error::Internal(format!(
                         "recovered version {version} of entity '{entity}' where {} was expected",
-                        other.map_or(0, |(_, v)| *v) + 1
+                        other.map_or(0, |(_, n)| n) + 1
                     )))
                 }
             };
@@ -435,7 +434,6 @@ impl Inner {
             }
             *next_position += 1;
             *last_timestamp = timestamp;
-            versions.insert(entity_id.clone(), version);
             Ok(entity_id)
         };
         // The id index is built on another thread meanwhile: it needs no check.
@@ -621,8 +619,10 @@ impl Inner {
                 None => sequencer.ids.next(timestamp),
             };
             // Interning: the event shares the entity id and type already in use.
-            let (entity_id, stored_version) = match sequencer.versions.get_key_value(&proposal.entity_id) {
-                Some((entity_id, &version)) => (entity_id.clone(), version),
+            // An entity's version is how many events it has: the entity index holds every
+            // sequenced event, committed or not.
+            let (entity_id, stored_version) = match self.entities.key_and_len(&proposal.entity_id) {
+                Some((entity_id, n)) => (entity_id, n as Version),
                 None => (proposal.entity_id, 0),
             };
             let event_type = match sequencer.event_types.get(&proposal.event_type) {
@@ -672,7 +672,6 @@ impl Inner {
         sequencer.next_position += new_events.len() as Position;
         sequencer.last_timestamp = timestamp;
         for event in &new_events {
-            sequencer.versions.insert(event.entity_id.clone(), event.version);
             if !sequencer.event_types.contains(&event.event_type) {
                 sequencer.event_types.insert(event.event_type.clone());
             }

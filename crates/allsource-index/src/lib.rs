@@ -45,8 +45,8 @@ type RandomState = foldhash::fast::RandomState;
 /// it grew. With 256 shards each growth moves 32 times fewer entries.
 const SHARDS: usize = 256;
 
-fn sharded_map<K: Eq + Hash, V>(capacity: usize) -> DashMap<K, V, RandomState> {
-    DashMap::with_capacity_and_hasher_and_shard_amount(capacity, RandomState::default(), SHARDS)
+fn sharded_map<K: Eq + Hash, V>() -> DashMap<K, V, RandomState> {
+    DashMap::with_capacity_and_hasher_and_shard_amount(0, RandomState::default(), SHARDS)
 }
 
 /// An inclusive range of log positions, `first..=last`; empty when `first > last`.
@@ -98,7 +98,7 @@ pub struct PositionIndex<K: Eq + Hash> {
 
 impl<K: Eq + Hash> Default for PositionIndex<K> {
     fn default() -> Self {
-        PositionIndex { lists: sharded_map(0) }
+        PositionIndex { lists: sharded_map() }
     }
 }
 
@@ -160,6 +160,16 @@ impl<K: Eq + Hash> PositionIndex<K> {
         }
     }
 
+    /// The stored key equal to `key` (to share its text) and how many positions it
+    /// has; `None` when it has none.
+    pub fn key_and_len<Q>(&self, key: &Q) -> Option<(K, usize)>
+    where
+        K: Borrow<Q> + Clone,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.lists.get(key).map(|entry| (entry.key().clone(), entry.value().len()))
+    }
+
     /// Whether `key` has any position.
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
@@ -203,7 +213,7 @@ pub struct IdIndex {
 
 impl Default for IdIndex {
     fn default() -> Self {
-        IdIndex { ordered: RwLock::default(), others: sharded_map(0) }
+        IdIndex { ordered: RwLock::default(), others: sharded_map() }
     }
 }
 
@@ -330,6 +340,8 @@ mod tests {
         assert!(index.select("missing", PositionRange::ALL, 10).is_empty());
         assert_eq!(index.last_in("k", PositionRange::new(1, 12)), Some(8));
         assert_eq!(index.last_in("k", PositionRange::new(1, 1)), None);
+        assert_eq!(index.key_and_len("k"), Some(("k".to_string(), 6)));
+        assert_eq!(index.key_and_len("missing"), None);
     }
 
     #[test]
