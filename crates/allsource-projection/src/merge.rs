@@ -20,14 +20,20 @@ use serde_json::{Map, Value};
 /// before the error: callers pass text that was validated when it was stored.
 pub fn apply_merge_patch_text(state: &mut Value, patch: &str) -> serde_json::Result<()> {
     let mut deserializer = serde_json::Deserializer::from_str(patch);
-    MergeInto(state).deserialize(&mut deserializer)?;
+    Put { slot: state, merge: true }.deserialize(&mut deserializer)?;
     deserializer.end()
 }
 
-/// Merges the value being parsed into the state it holds.
-struct MergeInto<'s>(&'s mut Value);
+/// Puts the value being parsed in the place it holds: merged into it when `merge` and
+/// both are objects (RFC 7386), otherwise replacing it. A string replacing a string
+/// reuses its buffer, and an array replacing an array reuses it and its elements.
+struct Put<'s> {
+    slot: &'s mut Value,
+    /// Merge an object into an object: a patch and its members; not an array's elements.
+    merge: bool,
+}
 
-impl<'de> DeserializeSeed<'de> for MergeInto<'_> {
+impl<'de> DeserializeSeed<'de> for Put<'_> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -35,61 +41,91 @@ impl<'de> DeserializeSeed<'de> for MergeInto<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for MergeInto<'_> {
+impl<'de> Visitor<'de> for Put<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
-    // A patch that is not an object replaces the state.
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        *self.0 = Value::Bool(v);
+        *self.slot = Value::Bool(v);
         Ok(())
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        *self.0 = Value::from(v);
+        *self.slot = Value::from(v);
         Ok(())
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        *self.0 = Value::from(v);
+        *self.slot = Value::from(v);
         Ok(())
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
         // Parsed JSON numbers are finite, so this is never `Null`.
-        *self.0 = Value::from(v);
+        *self.slot = Value::from(v);
         Ok(())
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        *self.0 = Value::String(v.to_owned());
+        match self.slot {
+            Value::String(slot) => {
+                slot.clear();
+                slot.push_str(v);
+            }
+            slot => *slot = Value::String(v.to_owned()),
+        }
         Ok(())
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        *self.0 = Value::String(v);
+        *self.slot = Value::String(v);
         Ok(())
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        *self.0 = Value::Null;
+        *self.slot = Value::Null;
         Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        *self.0 = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Value::Array(items) = self.slot else {
+            *self.slot = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+            return Ok(());
+        };
+        let mut len = 0;
+        loop {
+            let more = match items.get_mut(len) {
+                Some(item) => seq.next_element_seed(Put { slot: item, merge: false })?.is_some(),
+                None => match seq.next_element::<Value>()? {
+                    Some(item) => {
+                        items.push(item);
+                        true
+                    }
+                    None => false,
+                },
+            };
+            if !more {
+                break;
+            }
+            len += 1;
+        }
+        items.truncate(len);
         Ok(())
     }
 
     // An object patch merges into the state, which becomes an object if it was not.
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        if !self.0.is_object() {
-            *self.0 = Value::Object(Map::new());
+        if !self.merge {
+            *self.slot = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            return Ok(());
         }
-        let Value::Object(object) = self.0 else { unreachable!("made an object just above") };
+        if !self.slot.is_object() {
+            *self.slot = Value::Object(Map::new());
+        }
+        let Value::Object(object) = self.slot else { unreachable!("made an object just above") };
         while let Some(key) = map.next_key::<Key<'de>>()? {
             map.next_value_seed(MergeMember { object: &mut *object, key })?;
         }
@@ -159,14 +195,15 @@ impl<'de> DeserializeSeed<'de> for MergeMember<'_, 'de> {
     }
 }
 
-impl<'de> MergeMember<'_, 'de> {
-    fn set(self, value: Value) {
-        match self.object.get_mut(self.key.as_str()) {
-            Some(slot) => *slot = value,
-            None => {
-                self.object.insert(self.key.into_owned(), value);
-            }
-        }
+impl MergeMember<'_, '_> {
+    /// Runs `put` on the member's place in the state; a new member starts as `null`, so
+    /// that an object put there drops its own `null`s, as RFC 7386 asks.
+    fn put<R>(self, put: impl FnOnce(Put<'_>) -> R) -> R {
+        let slot = match self.object.get_mut(self.key.as_str()) {
+            Some(slot) => slot,
+            None => self.object.entry(self.key.into_owned()).or_insert(Value::Null),
+        };
+        put(Put { slot, merge: true })
     }
 }
 
@@ -178,43 +215,27 @@ impl<'de> Visitor<'de> for MergeMember<'_, 'de> {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.set(Value::Bool(v));
-        Ok(())
+        self.put(|place| place.visit_bool(v))
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.set(Value::from(v));
-        Ok(())
+        self.put(|place| place.visit_i64(v))
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.set(Value::from(v));
-        Ok(())
+        self.put(|place| place.visit_u64(v))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.set(Value::from(v));
-        Ok(())
+        self.put(|place| place.visit_f64(v))
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        // A string replacing a string (a field updated) reuses its buffer.
-        match self.object.get_mut(self.key.as_str()) {
-            Some(Value::String(slot)) => {
-                slot.clear();
-                slot.push_str(v);
-            }
-            Some(slot) => *slot = Value::String(v.to_owned()),
-            None => {
-                self.object.insert(self.key.into_owned(), Value::String(v.to_owned()));
-            }
-        }
-        Ok(())
+        self.put(|place| place.visit_str(v))
     }
 
     fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        self.set(Value::String(v));
-        Ok(())
+        self.put(|place| place.visit_string(v))
     }
 
     // `null` removes the member.
@@ -224,18 +245,11 @@ impl<'de> Visitor<'de> for MergeMember<'_, 'de> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        let value = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-        self.set(value);
-        Ok(())
+        self.put(|place| place.visit_seq(seq))
     }
 
-    // An object merges into the member (a new member starts as `null`, so its own
-    // `null`s are dropped, as RFC 7386 asks).
+    // An object merges into the member.
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let slot = match self.object.get_mut(self.key.as_str()) {
-            Some(slot) => slot,
-            None => self.object.entry(self.key.into_owned()).or_insert(Value::Null),
-        };
-        MergeInto(slot).visit_map(map)
+        self.put(|place| place.visit_map(map))
     }
 }
