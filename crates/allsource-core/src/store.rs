@@ -461,7 +461,7 @@ impl Inner {
                         Error::Internal(format!("recovered position {position}: no event type"))
                     })?;
                     of_type.push(position);
-                    self.entities.push(entity_id, position);
+                    self.entities.push(&entity_id, position);
                 }
                 for (event_type, positions) in types.into_iter().zip(by_type) {
                     self.event_types.extend(event_type, &positions);
@@ -702,8 +702,8 @@ impl Inner {
     fn index(&self, event: &Arc<Event>) {
         self.table.insert(event.clone());
         self.ids.insert(event.id, event.position);
-        self.entities.push(event.entity_id.clone(), event.position);
-        self.event_types.push(event.event_type.clone(), event.position);
+        self.entities.push(&event.entity_id, event.position);
+        self.event_types.push(&event.event_type, event.position);
     }
 
     /// The inline commit step for a group of sequenced events: the log write, then

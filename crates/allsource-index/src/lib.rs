@@ -15,7 +15,7 @@
 //!
 //! let index: PositionIndex<String> = PositionIndex::default();
 //! for position in [1, 4, 9, 12] {
-//!     index.push("user-1".to_string(), position);
+//!     index.push(&"user-1".to_string(), position);
 //! }
 //! let page = index.select("user-1", PositionRange::new(2, 12), 2);
 //! assert_eq!(page, vec![4, 9]);
@@ -105,8 +105,18 @@ impl<K: Eq + Hash> Default for PositionIndex<K> {
 impl<K: Eq + Hash> PositionIndex<K> {
     /// Records that `position` belongs to `key`. Positions of one key must be pushed in
     /// increasing order (the log's order); a smaller one is a bug in the caller.
-    pub fn push(&self, key: K, position: Position) {
-        let mut list = self.lists.entry(key).or_default();
+    ///
+    /// `key` is cloned only for a key not seen before: ids and types are shared
+    /// (reference-counted) text, and a clone for each push would write to a count that
+    /// every event of the key shares with the threads that read it.
+    pub fn push(&self, key: &K, position: Position)
+    where
+        K: Clone,
+    {
+        let mut list = match self.lists.get_mut(key) {
+            Some(list) => list,
+            None => self.lists.entry(key.clone()).or_default(),
+        };
         debug_assert!(list.last().is_none_or(|last| last < position), "positions pushed out of order");
         list.push(position);
     }
@@ -313,7 +323,7 @@ mod tests {
     fn index_of(positions: &[Position]) -> PositionIndex<String> {
         let index = PositionIndex::default();
         for &p in positions {
-            index.push("k".to_string(), p);
+            index.push(&"k".to_string(), p);
         }
         index
     }
@@ -454,7 +464,7 @@ mod tests {
                 let index = &index;
                 scope.spawn(move || {
                     for i in 0..10_000u64 {
-                        index.push(key, i * 4 + u64::from(key) + 1);
+                        index.push(&key, i * 4 + u64::from(key) + 1);
                     }
                 });
             }

@@ -208,11 +208,16 @@ impl Projection for EntitySnapshots {
     /// from a checkpoint taken while events were applied, then the replay of the events
     /// after the checkpoint's position): it is ignored.
     fn process(&self, event: &Event) -> Result<()> {
-        let mut stored = self.snapshots.entry(event.entity_id.clone()).or_insert_with(|| Stored {
-            state: Arc::new(Value::Null),
-            version: 0,
-            last_event_at: Timestamp::MIN,
-        });
+        // The id is cloned only for a new entity (a clone writes to a count shared with
+        // every other holder of the id).
+        let mut stored = match self.snapshots.get_mut(&event.entity_id) {
+            Some(stored) => stored,
+            None => self.snapshots.entry(event.entity_id.clone()).or_insert_with(|| Stored {
+                state: Arc::new(Value::Null),
+                version: 0,
+                last_event_at: Timestamp::MIN,
+            }),
+        };
         if event.version > stored.version {
             let merged = apply_merge_patch_text(Arc::make_mut(&mut stored.state), event.payload.as_str());
             stored.version = event.version;
@@ -323,7 +328,12 @@ impl Projection for EventCounters {
     }
 
     fn process(&self, event: &Event) -> Result<()> {
-        *self.counts.entry(event.event_type.clone()).or_insert(0) += 1;
+        // Every event of a type shares its text: cloning it for each event would make
+        // its count a write that threads fight over.
+        match self.counts.get_mut(&event.event_type) {
+            Some(mut count) => *count += 1,
+            None => *self.counts.entry(event.event_type.clone()).or_insert(0) += 1,
+        }
         Ok(())
     }
 
