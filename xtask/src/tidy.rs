@@ -10,6 +10,8 @@
 //!   shows, and rustdoc's `missing_docs` lint does not look at them.
 //! - **No leftovers.** No `dbg!`, `todo!` or `unimplemented!` call in those files
 //!   (comment lines are not checked).
+//! - **Unsafe code in one place.** The workspace denies `unsafe_code`; only the server
+//!   binary's allocator setting may allow it.
 //! - **Complete manifests.** Each library crate's `Cargo.toml` has description,
 //!   license, repository, readme, keywords and categories, all non-empty, and the
 //!   readme file exists.
@@ -42,6 +44,14 @@ const CHECKED_FOLDERS: [&str; 3] = ["crates", "benches", "xtask"];
 /// The manifest fields every library crate must set.
 const LIBRARY_FIELDS: [&str; 6] =
     ["description", "license", "repository", "readme", "keywords", "categories"];
+
+/// The one file that may allow `unsafe_code` (the workspace denies it): the server
+/// binary's call to set an allocator option, which has no safe API.
+const UNSAFE_ALLOWED_IN: &str = "crates/allsource-server/src/main.rs";
+
+/// An attribute allowing unsafe code, spelled in two halves so that this file does not
+/// match itself.
+const ALLOW_UNSAFE: &str = concat!("allow(unsafe", "_code)");
 
 /// Calls that must not be left in the code. Spelled in two halves so that this file
 /// does not match itself.
@@ -153,6 +163,24 @@ fn no_debugging_or_unfinished_calls() {
         problems.extend(leftover_problems(&relative(&path), &text));
     }
     check_no_problems("debugging or unfinished code left in", &problems);
+}
+
+#[test]
+fn unsafe_code_is_allowed_in_one_file_only() {
+    let mut problems = Vec::new();
+    for path in rust_files() {
+        let path = relative(&path);
+        if path == UNSAFE_ALLOWED_IN {
+            continue;
+        }
+        let text = std::fs::read_to_string(project_root().join(&path)).expect("a Rust file is UTF-8");
+        for (index, line) in text.lines().enumerate() {
+            if line.contains(ALLOW_UNSAFE) {
+                problems.push(format!("{path}:{}: unsafe code allowed: {}", index + 1, line.trim()));
+            }
+        }
+    }
+    check_no_problems(&format!("unsafe code allowed outside {UNSAFE_ALLOWED_IN}"), &problems);
 }
 
 /// Every `.rs` file under [`CHECKED_FOLDERS`], skipping build output and hidden folders.
