@@ -41,9 +41,10 @@ pub const SCHEMA_VERSION: &str = "events/1";
 /// Rows per Parquet row group: large enough for zstd and column statistics to pay off,
 /// small enough that a reader skipping by position or time reads little.
 pub const PARQUET_ROW_GROUP_ROWS: usize = 64 * 1024;
-/// The zstd level of Parquet files: fast to write, about as small as higher levels on
-/// JSON-heavy columns.
-const PARQUET_ZSTD_LEVEL: i32 = 3;
+/// The zstd level of Parquet files: the fastest. A chunk is written while appends flow
+/// and competes with them for the cores; against level 3, 100-event batch appends ran
+/// 2.5% faster (three paired runs) for chunks 2% larger on the load test's payloads.
+const PARQUET_ZSTD_LEVEL: i32 = 1;
 
 /// The Arrow schema of events (see the module documentation).
 pub fn schema() -> SchemaRef {
