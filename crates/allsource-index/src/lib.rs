@@ -256,7 +256,8 @@ impl IdIndex {
     /// Records that the event `id` is at `position`; returns the position already
     /// recorded for `id`, if any, leaving it in place.
     pub fn insert(&self, id: Uuid, position: Position) -> Option<Position> {
-        {
+        // Only UUIDv7s join the run: a client's UUIDv4 goes straight to the map.
+        if id.get_version_num() == 7 {
             let mut run = self.ordered.write();
             if run.last().is_none_or(|(last, _)| last < id) {
                 // Not in the run; in the map only if it could not join it before.
@@ -282,7 +283,8 @@ impl IdIndex {
 
     /// The position of the event `id`.
     pub fn get(&self, id: &Uuid) -> Option<Position> {
-        let in_run = find_in_run(&self.ordered.read(), id);
+        // Only UUIDv7s join the run: a client's UUIDv4 skips the binary search.
+        let in_run = if id.get_version_num() == 7 { find_in_run(&self.ordered.read(), id) } else { None };
         in_run.or_else(|| self.others.get(id).map(|p| *p))
     }
 
