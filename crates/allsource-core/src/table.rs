@@ -405,8 +405,13 @@ impl EventTable {
     ) -> Result<(), Error> {
         let Some(Chunk::Open(slots)) = self.chunks.read().get(index).cloned() else { return Ok(()) };
         let first = (index * CHUNK_EVENTS) as Position + 1;
-        let written = EventColumns::try_new(written, JsonCheck::Trust)?;
-        let columns = if written.len() == CHUNK_EVENTS && written.position(0) == first {
+        // Checked as columns only when it has a chunk's rows: a partial batch never is.
+        let reused = if written.num_rows() == CHUNK_EVENTS {
+            Some(EventColumns::try_new(written, JsonCheck::Trust)?).filter(|c| c.position(0) == first)
+        } else {
+            None
+        };
+        let columns = if let Some(written) = reused {
             written
         } else {
             let events =
