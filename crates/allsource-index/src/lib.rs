@@ -216,9 +216,19 @@ impl<K: Eq + Hash> PositionIndex<K> {
 #[derive(Debug)]
 pub struct IdIndex {
     /// Ids in increasing order, with their positions.
-    ordered: RwLock<BlockList<(Uuid, Position)>>,
+    ordered: RwLock<Run>,
     /// The ids not in `ordered`.
     others: DashMap<Uuid, Position, RandomState>,
+}
+
+/// The ordered run and what its inserts need to know about the map.
+#[derive(Debug, Default)]
+struct Run {
+    ids: BlockList<(Uuid, Position)>,
+    /// Whether a UUIDv7 ever went to the map: only then can an id larger than the run's
+    /// last be in the map already (one refused for being ahead of the clock), so only
+    /// then must an insert into the run look there first.
+    v7_in_others: bool,
 }
 
 impl Default for IdIndex {
@@ -233,13 +243,27 @@ impl Default for IdIndex {
 /// catches up with it: for a minute at most.
 const RUN_AHEAD_MILLIS_MAX: u64 = 60_000;
 
-/// Whether `id` may join the ordered run (given that it is larger than its last id):
-/// a UUIDv7 not too far in the future. A UUIDv4 is random, so would usually be larger
-/// than every UUIDv7 to come.
-fn may_join_run(id: &Uuid) -> bool {
-    let Some(timestamp) = id.get_timestamp().filter(|_| id.get_version_num() == 7) else { return false };
-    let (seconds, nanos) = timestamp.to_unix();
-    let millis = seconds.saturating_mul(1000).saturating_add(u64::from(nanos / 1_000_000));
+/// Whether `id` can be in the ordered run, which only UUIDv7s join (a UUIDv4 is
+/// random, so would usually be larger than every UUIDv7 to come).
+fn may_be_in_run(id: &Uuid) -> bool {
+    id.get_version_num() == 7
+}
+
+/// A UUIDv7's time: its first 48 bits, milliseconds since the Unix epoch.
+fn v7_millis(id: &Uuid) -> u64 {
+    let bytes = id.as_bytes();
+    u64::from_be_bytes([0, 0, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5]])
+}
+
+/// Whether the UUIDv7 `id`, larger than `last` (the run's last id), may join the run:
+/// when it is not too far ahead of the clock. The clock is read only when `id` is in a
+/// later millisecond than `last`, which was checked when it joined: at most once a
+/// millisecond for the store's own ids.
+fn may_join_run(id: &Uuid, last: Option<&Uuid>) -> bool {
+    let millis = v7_millis(id);
+    if last.is_some_and(|last| millis <= v7_millis(last)) {
+        return true;
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |now| u64::try_from(now.as_millis()).unwrap_or(u64::MAX));
@@ -256,21 +280,25 @@ impl IdIndex {
     /// Records that the event `id` is at `position`; returns the position already
     /// recorded for `id`, if any, leaving it in place.
     pub fn insert(&self, id: Uuid, position: Position) -> Option<Position> {
-        // Only UUIDv7s join the run: a client's UUIDv4 goes straight to the map.
-        if id.get_version_num() == 7 {
+        if may_be_in_run(&id) {
             let mut run = self.ordered.write();
-            if run.last().is_none_or(|(last, _)| last < id) {
+            let last = run.ids.last().map(|(last, _)| last);
+            if last.is_none_or(|last| last < id) {
                 // Not in the run; in the map only if it could not join it before.
-                if let Some(existing) = self.others.get(&id) {
-                    return Some(*existing);
+                if run.v7_in_others {
+                    if let Some(existing) = self.others.get(&id) {
+                        return Some(*existing);
+                    }
                 }
-                if may_join_run(&id) {
-                    run.push((id, position));
+                if may_join_run(&id, last.as_ref()) {
+                    run.ids.push((id, position));
                     return None;
                 }
-            } else if let Some(existing) = find_in_run(&run, &id) {
+            } else if let Some(existing) = find_in_run(&run.ids, &id) {
                 return Some(existing);
             }
+            // Set while the run is locked, before the id is in the map.
+            run.v7_in_others = true;
         }
         match self.others.entry(id) {
             dashmap::Entry::Occupied(existing) => Some(*existing.get()),
@@ -283,14 +311,13 @@ impl IdIndex {
 
     /// The position of the event `id`.
     pub fn get(&self, id: &Uuid) -> Option<Position> {
-        // Only UUIDv7s join the run: a client's UUIDv4 skips the binary search.
-        let in_run = if id.get_version_num() == 7 { find_in_run(&self.ordered.read(), id) } else { None };
+        let in_run = if may_be_in_run(id) { find_in_run(&self.ordered.read().ids, id) } else { None };
         in_run.or_else(|| self.others.get(id).map(|p| *p))
     }
 
     /// How many ids are recorded.
     pub fn len(&self) -> usize {
-        self.ordered.read().len() + self.others.len()
+        self.ordered.read().ids.len() + self.others.len()
     }
 
     /// Whether no id is recorded.
