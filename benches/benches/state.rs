@@ -9,9 +9,10 @@
 //!
 //! `merge` measures what the snapshot projection does per committed event: merging one
 //! payload of about 170 bytes (the footprint bench's) into one of 100,000 entity states, the
-//! next state each time, so that states are as cold in cache as under load: straight
-//! from the payload's text (`text`, what the projection does), or parsing it into a
-//! `Value` first and merging that (`value`, what it did before).
+//! next state each time, so that states are as cold in cache as under load: text into
+//! text (`text`, what the projection does: each state is compact JSON text in a block
+//! of its own, replaced by the merged text), or parsing the payload into a `Value` and
+//! merging that into a state kept as a `Value` (`value`, what it did before).
 
 #![allow(clippy::expect_used, reason = "a bench whose engine call fails must stop loudly")]
 
@@ -19,7 +20,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use allsource_benches::{entity_id, filled_store, new_event, order_payload, sealed_store, StoreShape};
-use allsource_core::projection::{apply_merge_patch, apply_merge_patch_text};
+use std::sync::Arc;
+
+use allsource_core::projection::{apply_merge_patch, merge_patch_compact};
 use allsource_core::EventStore;
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -63,27 +66,39 @@ fn merge(c: &mut Criterion) {
     const STATES: usize = 100_000;
     let payloads: Vec<String> = (0..1_024).map(|i| order_payload(i).to_string()).collect();
     let mut group = c.benchmark_group("merge");
-    for text in [true, false] {
-        let mut states: Vec<serde_json::Value> = (0..STATES as u64).map(order_payload).collect();
-        let mut next = 0usize;
-        let name = if text { "text" } else { "value" };
-        group.bench_function(format!("{name}/100K_states"), |b| {
-            b.iter(|| {
-                let state = &mut states[next % STATES];
-                let patch = &payloads[next % payloads.len()];
-                if text {
-                    apply_merge_patch_text(state, patch).expect("the payload is JSON");
-                } else {
-                    let patch: serde_json::Value = serde_json::from_str(patch).expect("the payload is JSON");
-                    apply_merge_patch(state, &patch);
-                }
-                next += 7_919; // a prime: every state in turn, far apart in memory
-            })
-        });
-        // Setup check: a merged state is the last payload merged into it.
-        let probe = &states[(next - 7_919) % STATES];
+    // Setup check: a merged state is the last payload merged into it.
+    let check = |probe: &serde_json::Value| {
         assert!(probe["items"][1]["sku"] == "B-22" && probe["note"].as_str().is_some_and(|n| n.len() == 40));
-    }
+    };
+    const STEP: usize = 7_919; // a prime: every state in turn, far apart in memory
+
+    let mut states: Vec<Arc<str>> =
+        (0..STATES as u64).map(|i| Arc::from(order_payload(i).to_string())).collect();
+    let mut merged = String::new();
+    let mut next = 0usize;
+    group.bench_function("text/100K_states", |b| {
+        b.iter(|| {
+            let state = &mut states[next % STATES];
+            merged.clear();
+            merge_patch_compact(state, &payloads[next % payloads.len()], &mut merged)
+                .expect("the payload is JSON");
+            *state = Arc::from(merged.as_str());
+            next += STEP;
+        })
+    });
+    check(&serde_json::from_str(&states[(next - STEP) % STATES]).expect("a state is JSON"));
+
+    let mut states: Vec<serde_json::Value> = (0..STATES as u64).map(order_payload).collect();
+    let mut next = 0usize;
+    group.bench_function("value/100K_states", |b| {
+        b.iter(|| {
+            let patch: serde_json::Value =
+                serde_json::from_str(&payloads[next % payloads.len()]).expect("the payload is JSON");
+            apply_merge_patch(&mut states[next % STATES], &patch);
+            next += STEP;
+        })
+    });
+    check(&states[(next - STEP) % STATES]);
     group.finish();
 }
 

@@ -47,7 +47,7 @@ pub use table::{write_json_array, EventView};
 /// Projections: the trait to implement for a custom one, and the built-in ones.
 pub mod projection {
     pub use allsource_projection::{
-        apply_merge_patch, apply_merge_patch_text, EntitySnapshots, EventCounters, Projection,
+        apply_merge_patch, merge_patch_compact, EntitySnapshots, EventCounters, Projection,
         ProjectionRegistry, Snapshot,
     };
 }

@@ -35,13 +35,12 @@ use std::sync::Arc;
 use allsource_core_types::{EntityId, Event, EventType, JsonWriter, Result, Timestamp, Version};
 use dashmap::DashMap;
 use parking_lot::RwLock;
-use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 mod merge;
 
-pub use merge::apply_merge_patch_text;
+pub use merge::merge_patch_compact;
 
 /// A view of the log kept current as events are committed.
 ///
@@ -120,23 +119,34 @@ impl Snapshot {
     pub fn replay_texts<'a>(
         events: impl IntoIterator<Item = (&'a str, Version, Timestamp)>,
     ) -> Option<Snapshot> {
-        let mut snapshot: Option<Snapshot> = None;
+        let mut last: Option<(Version, Timestamp)> = None;
+        let (mut state, mut merged) = (String::new(), String::new());
         for (payload, version, timestamp) in events {
-            let snapshot = snapshot.get_or_insert_with(Snapshot::empty);
-            if apply_merge_patch_text(&mut snapshot.state, payload).is_err() {
-                // Not reachable: stored payloads are valid JSON. An unreadable one
+            merged.clear();
+            if merge_patch_compact(&state, payload, &mut merged).is_err() {
+                // Not reachable: stored payloads are compact JSON. An unreadable one
                 // counts as `null`, as it did when payloads were parsed first.
-                snapshot.state = Value::Null;
+                merged.clear();
+                merged.push_str("null");
             }
-            snapshot.version = version;
-            snapshot.last_event_at = timestamp;
+            std::mem::swap(&mut state, &mut merged);
+            last = Some((version, timestamp));
         }
-        snapshot
+        let (version, last_event_at) = last?;
+        Some(Snapshot { state: parse_state(&state), version, last_event_at })
     }
+}
 
-    fn empty() -> Snapshot {
-        Snapshot { state: Value::Null, version: 0, last_event_at: Timestamp::MIN }
-    }
+/// A state's text, parsed. The texts are [`merge_patch_compact`]'s, from valid JSON:
+/// parsing cannot fail.
+fn parse_state(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+thread_local! {
+    /// Where [`EntitySnapshots::process`] writes a merged state before it is copied
+    /// into a block of its own size.
+    static MERGED: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// Each entity's current state, as its events' payloads merged in order.
@@ -156,20 +166,29 @@ impl Default for EntitySnapshots {
     }
 }
 
-/// A snapshot as the projection keeps it: the state shared, so that a checkpoint
+/// A snapshot as the projection keeps it: the state as compact JSON text in one
+/// block, which a merge reads and replaces whole, and shared, so that a checkpoint
 /// takes every entity's state with a reference count each (holding each shard of the
-/// map for a moment, not for a deep copy of its states, while appends wait to apply),
-/// and an event that changes a state being written out copies that one state.
+/// map for a moment, not for a copy of its states, while appends wait to apply).
 #[derive(Debug, Clone)]
 struct Stored {
-    state: Arc<Value>,
+    /// Empty before the first event (no state), then a JSON value.
+    state: Arc<str>,
     version: Version,
     last_event_at: Timestamp,
 }
 
 impl Stored {
     fn snapshot(&self) -> Snapshot {
-        Snapshot { state: (*self.state).clone(), version: self.version, last_event_at: self.last_event_at }
+        Snapshot { state: self.state_value(), version: self.version, last_event_at: self.last_event_at }
+    }
+
+    fn state_value(&self) -> Value {
+        if self.state.is_empty() {
+            Value::Null
+        } else {
+            parse_state(&self.state)
+        }
     }
 }
 
@@ -213,18 +232,25 @@ impl Projection for EntitySnapshots {
         let mut stored = match self.snapshots.get_mut(&event.entity_id) {
             Some(stored) => stored,
             None => self.snapshots.entry(event.entity_id.clone()).or_insert_with(|| Stored {
-                state: Arc::new(Value::Null),
+                state: Arc::from(""),
                 version: 0,
                 last_event_at: Timestamp::MIN,
             }),
         };
         if event.version > stored.version {
-            let merged = apply_merge_patch_text(Arc::make_mut(&mut stored.state), event.payload.as_str());
+            let merged = MERGED.with_borrow_mut(|merged| {
+                merged.clear();
+                let result = merge_patch_compact(&stored.state, event.payload.as_str(), merged);
+                if result.is_ok() {
+                    stored.state = Arc::from(merged.as_str());
+                }
+                result
+            });
             stored.version = event.version;
             stored.last_event_at = event.timestamp;
             if let Err(error) = merged {
-                // Not reachable: stored payloads are valid JSON. If it were, the state
-                // would hold part of the payload; the error names the event.
+                // Not reachable: stored payloads are compact JSON. If it were, the state
+                // would stay as it was; the error names the event.
                 return Err(allsource_core_types::Error::Internal(format!(
                     "the payload of event {} is not JSON: {error}",
                     event.id
@@ -243,7 +269,7 @@ impl Projection for EntitySnapshots {
         let snapshot = self.snapshots.get(key)?;
         Some(json!({
             "entity_id": key,
-            "state": *snapshot.state,
+            "state": snapshot.state_value(),
             "version": snapshot.version,
             "last_event_at": snapshot.last_event_at,
         }))
@@ -260,13 +286,16 @@ impl Projection for EntitySnapshots {
         let stored: Vec<(EntityId, Stored)> =
             self.snapshots.iter().map(|entry| (entry.key().clone(), entry.value().clone())).collect();
         Some(Box::new(move |out| {
-            let mut serializer = serde_json::Serializer::new(out);
-            let mut map = serializer.serialize_map(Some(stored.len()))?;
-            for (entity, s) in stored {
-                map.serialize_entry(entity.as_str(), &(&*s.state, s.version, s.last_event_at.as_micros()))?;
+            out.write_all(b"{")?;
+            for (i, (entity, s)) in stored.into_iter().enumerate() {
+                if i > 0 {
+                    out.write_all(b",")?;
+                }
+                serde_json::to_writer(&mut *out, entity.as_str())?;
+                let state = if s.state.is_empty() { "null" } else { &*s.state };
+                write!(out, ":[{state},{},{}]", s.version, s.last_event_at.as_micros())?;
             }
-            SerializeMap::end(map)?;
-            Ok(())
+            out.write_all(b"}")
         }))
     }
 
@@ -283,10 +312,10 @@ impl Projection for EntitySnapshots {
             else {
                 return Err(bad("a snapshot lacks its version or time"));
             };
-            let state = parts.swap_remove(0);
+            let state = Arc::from(parts.swap_remove(0).to_string());
             let entity = EntityId::try_from(entity).map_err(|e| bad(&e.to_string()))?;
             let last_event_at = Timestamp::from_micros(micros);
-            restored.push((entity, Stored { state: Arc::new(state), version, last_event_at }));
+            restored.push((entity, Stored { state, version, last_event_at }));
         }
         self.snapshots.clear();
         for (entity, snapshot) in restored {
@@ -544,24 +573,45 @@ mod tests {
             let mut from_value = state.clone();
             apply_merge_patch(&mut from_value, &patch);
             assert_eq!(from_value, expected, "patch {patch}");
-            let mut from_text = state;
-            apply_merge_patch_text(&mut from_text, &patch.to_string()).unwrap();
-            assert_eq!(from_text, expected, "patch {patch} as text");
+            assert_eq!(
+                merged_text(&state.to_string(), &patch.to_string()),
+                expected,
+                "patch {patch} as text"
+            );
         }
     }
 
+    /// `patch` merged into `state` by [`merge_patch_compact`], parsed.
+    fn merged_text(state: &str, patch: &str) -> Value {
+        let mut merged = String::new();
+        merge_patch_compact(state, patch, &mut merged).unwrap();
+        serde_json::from_str(&merged).unwrap_or_else(|e| panic!("{merged:?} is not JSON: {e}"))
+    }
+
     #[test]
-    fn text_merge_reads_escaped_keys_and_refuses_bad_text() {
+    fn text_merge_reads_escaped_keys_and_repeated_keys_and_refuses_bad_text() {
         // "\u0061" is the key "a": it must replace the member "a", not add a second.
-        let mut state = json!({"a": 1, "b": {"c": 2}});
-        apply_merge_patch_text(
-            &mut state,
-            r#" { "\u0061" : [ 1 , {"x":null} ], "b" : { "\"q" : "\u00e9", "c": null } } "#,
-        )
-        .unwrap();
-        assert_eq!(state, json!({"a": [1, {"x": null}], "b": {"\"q": "é"}}));
-        for bad in ["", "{", r#"{"a":1} x"#, r#"{"a" 1}"#] {
-            assert!(apply_merge_patch_text(&mut state.clone(), bad).is_err(), "{bad:?}");
+        let state = json!({"a": 1, "b": {"c": 2}}).to_string();
+        assert_eq!(
+            merged_text(&state, r#"{"\u0061":[1,{"x":null}],"b":{"\"q":"\u00e9","c":null}}"#),
+            json!({"a": [1, {"x": null}], "b": {"\"q": "é"}})
+        );
+        // A key given twice is applied twice, in order: objects merge, null removes.
+        assert_eq!(
+            merged_text(&state, r#"{"b":{"x":1},"z":0,"b":{"y":2},"a":null,"a":{"n":null,"m":3}}"#),
+            json!({"a": {"m": 3}, "b": {"c": 2, "x": 1, "y": 2}, "z": 0})
+        );
+        assert_eq!(merged_text(&state, r#"{"b":{"x":1},"b":null}"#), json!({"a": 1}));
+        // A state whose keys are not sorted (not one this merge wrote) still merges.
+        assert_eq!(merged_text(r#"{"b":1,"a":2,"b":3}"#, r#"{"c":4}"#), json!({"a": 2, "b": 3, "c": 4}));
+        // No state: the patch, without its nulls.
+        assert_eq!(merged_text("", r#"{"a":{"b":null},"c":[null]}"#), json!({"a": {}, "c": [null]}));
+        let mut out = String::new();
+        for bad in
+            ["{", "{\"a\"", r#"{"a":1}x"#, r#"{"a" 1}"#, r#"{"a":}"#, r#"{"a":"1}"#, r#"{"a":[1}"#, "{,}"]
+        {
+            assert!(merge_patch_compact(&state, bad, &mut out).is_err(), "patch {bad:?}");
+            assert!(merge_patch_compact(bad, "{}", &mut out).is_err(), "state {bad:?}");
         }
     }
 
@@ -624,6 +674,33 @@ mod tests {
         assert_eq!(registry.names().len(), 2);
     }
 
+    /// `value` as compact text, the members of each object in an order drawn from
+    /// `seed` (serde_json writes them sorted).
+    fn shuffled_text(value: &Value, seed: u64) -> String {
+        match value {
+            Value::Object(members) => {
+                let mut members: Vec<_> = members.iter().collect();
+                let n = members.len().max(1) as u64;
+                members.rotate_left((seed % n) as usize);
+                if seed & 1 == 1 {
+                    members.reverse();
+                }
+                let members: Vec<String> = members
+                    .into_iter()
+                    .map(|(key, value)| {
+                        format!("{}:{}", Value::from(key.as_str()), shuffled_text(value, seed / 3))
+                    })
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }
+            Value::Array(items) => {
+                let items: Vec<String> = items.iter().map(|item| shuffled_text(item, seed / 5)).collect();
+                format!("[{}]", items.join(","))
+            }
+            other => other.to_string(),
+        }
+    }
+
     fn json_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -641,16 +718,32 @@ mod tests {
     }
 
     proptest! {
-        /// Merging from the patch's text gives what merging the parsed patch gives, for
-        /// any state and patch, written compactly or with whitespace.
+        /// Merging texts gives what merging the parsed values gives, for any state and
+        /// patch, their keys in any order, and again when the result is merged into.
         #[test]
-        fn text_merge_equals_value_merge(state in json_value(), patch in json_value(), pretty in any::<bool>()) {
+        fn text_merge_equals_value_merge(
+            state in json_value(),
+            patches in prop::collection::vec(json_value(), 1..4),
+            shuffle in any::<u64>(),
+        ) {
             let mut expected = state.clone();
-            apply_merge_patch(&mut expected, &patch);
-            let text = if pretty { serde_json::to_string_pretty(&patch) } else { serde_json::to_string(&patch) };
-            let mut merged = state;
-            apply_merge_patch_text(&mut merged, &text.unwrap()).unwrap();
-            prop_assert_eq!(merged, expected);
+            let mut merged = String::new();
+            let mut text = shuffled_text(&state, shuffle);
+            for patch in &patches {
+                apply_merge_patch(&mut expected, patch);
+                merged.clear();
+                merge_patch_compact(&text, &shuffled_text(patch, shuffle), &mut merged).unwrap();
+                prop_assert_eq!(serde_json::from_str::<Value>(&merged).unwrap(), expected.clone());
+                std::mem::swap(&mut text, &mut merged);
+            }
+        }
+
+        /// Text that is not compact JSON gives an error or a text, never a panic.
+        #[test]
+        fn text_merge_never_panics(state in "[{}\\[\\]\",:a\\\\1né ]{0,14}", patch in "[{}\\[\\]\",:a\\\\1né ]{0,14}") {
+            let _ = merge_patch_compact(&state, &patch, &mut String::new());
+            let _ = merge_patch_compact(&state, &format!("{{{patch}}}"), &mut String::new());
+            let _ = merge_patch_compact(&format!("{{{state}}}"), &format!("{{{patch}}}"), &mut String::new());
         }
 
         /// The snapshot kept by the projection equals a full replay, for any sequence of

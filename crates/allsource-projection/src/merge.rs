@@ -1,255 +1,215 @@
-//! JSON Merge Patch (RFC 7386) applied straight from the patch's text.
+//! JSON Merge Patch (RFC 7386) from compact text to compact text.
 //!
-//! Payloads are stored as JSON text. Parsing one into a `Value` and then merging it
-//! builds the patch's tree, copies its leaves into the state and drops the tree. Here
-//! the parser walks the text and the merge happens as it goes: keys already in the
-//! state are looked up by the borrowed key text, `null` removes a key without being
-//! built, and only the values that land in the state are allocated. The result is
-//! the same as [`json_patch::merge`] with the parsed patch (a property test checks).
+//! Payloads are stored as compact JSON text, and so are the states the entity snapshots
+//! keep. Merging a payload into a state walks the two texts side by side and writes the
+//! merged text: no tree is built, and a state is one block of memory rather than a tree
+//! of maps and strings scattered over the heap, which matters when a batch touches
+//! thousands of states that are not in the cache.
+//!
+//! The result means the same as [`json_patch::merge`] with the parsed texts (a property
+//! test checks). A patch member whose key appears twice in one object is applied twice,
+//! in order, as a streaming parse of the patch would.
+//!
+//! The states this writes keep every object that can be merged into (the root and the
+//! members of such objects, recursively) with its keys sorted and unique, which is what
+//! lets a merge walk a state's members and the sorted patch members in one pass. Values
+//! that replace are copied as the patch wrote them.
 
-use std::fmt;
+use std::borrow::Cow;
 
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::de::Error as _;
+use smallvec::SmallVec;
 
-/// Applies the JSON text `patch` to `state` as a JSON Merge Patch.
+/// Writes to `out` the compact JSON text of `patch` merged into `state`.
+///
+/// Both texts must be compact JSON (as [`allsource_core_types::Json`] and this function
+/// write it); `state` may be empty, which counts as no state. A text that is not gives
+/// an error, or a result as invalid as it was: never a panic.
 ///
 /// # Errors
-/// When `patch` is not valid JSON. The state may then hold the part of the patch
-/// before the error: callers pass text that was validated when it was stored.
-pub fn apply_merge_patch_text(state: &mut Value, patch: &str) -> serde_json::Result<()> {
-    let mut deserializer = serde_json::Deserializer::from_str(patch);
-    Put { slot: state, merge: true }.deserialize(&mut deserializer)?;
-    deserializer.end()
-}
-
-/// Puts the value being parsed in the place it holds: merged into it when `merge` and
-/// both are objects (RFC 7386), otherwise replacing it. A string replacing a string
-/// reuses its buffer, and an array replacing an array reuses it and its elements.
-struct Put<'s> {
-    slot: &'s mut Value,
-    /// Merge an object into an object: a patch and its members; not an array's elements.
-    merge: bool,
-}
-
-impl<'de> DeserializeSeed<'de> for Put<'_> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
+/// When the structure of an object in either text cannot be read.
+pub fn merge_patch_compact(state: &str, patch: &str, out: &mut String) -> serde_json::Result<()> {
+    if !patch.starts_with('{') {
+        out.push_str(patch);
+        return Ok(());
     }
-}
-
-impl<'de> Visitor<'de> for Put<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
+    let mut changes = Members::new();
+    members(patch, &mut changes)?;
+    // Stable: members with the same key stay in the patch's order.
+    changes.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut kept = Members::new();
+    if state.starts_with('{') {
+        members(state, &mut kept)?;
+    }
+    if !kept.windows(2).all(|pair| pair[0].key < pair[1].key) {
+        // Not written by this function: sorted here, the last of equal keys winning.
+        kept.sort_by(|a, b| a.key.cmp(&b.key));
+        kept.reverse();
+        kept.dedup_by(|later, earlier| later.key == earlier.key);
+        kept.reverse();
     }
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        *self.slot = Value::Bool(v);
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        *self.slot = Value::from(v);
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        *self.slot = Value::from(v);
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        // Parsed JSON numbers are finite, so this is never `Null`.
-        *self.slot = Value::from(v);
-        Ok(())
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        match self.slot {
-            Value::String(slot) => {
-                slot.clear();
-                slot.push_str(v);
-            }
-            slot => *slot = Value::String(v.to_owned()),
+    out.push('{');
+    let mut first = true;
+    let mut begin_member = |out: &mut String, raw_key: &str| {
+        if !first {
+            out.push(',');
         }
-        Ok(())
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        *self.slot = Value::String(v);
-        Ok(())
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        *self.slot = Value::Null;
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let Value::Array(items) = self.slot else {
-            *self.slot = Value::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-            return Ok(());
+        first = false;
+        out.push_str(raw_key);
+        out.push(':');
+    };
+    let (mut k, mut c) = (0, 0);
+    while k < kept.len() || c < changes.len() {
+        if c == changes.len() || (k < kept.len() && kept[k].key < changes[c].key) {
+            begin_member(out, kept[k].raw_key);
+            out.push_str(kept[k].value);
+            k += 1;
+            continue;
+        }
+        let same_key = changes[c..].iter().take_while(|m| m.key == changes[c].key).count();
+        let group = &changes[c..c + same_key];
+        c += same_key;
+        let current = match kept.get(k) {
+            Some(member) if member.key == group[0].key => {
+                k += 1;
+                member.value
+            }
+            _ => "",
         };
-        let mut len = 0;
-        loop {
-            let more = match items.get_mut(len) {
-                Some(item) => seq.next_element_seed(Put { slot: item, merge: false })?.is_some(),
-                None => match seq.next_element::<Value>()? {
-                    Some(item) => {
-                        items.push(item);
-                        true
-                    }
-                    None => false,
-                },
+        let raw_key = group[same_key - 1].raw_key;
+        if let [change] = group {
+            // The common case, written in place.
+            match change.value {
+                "null" => {}
+                value if value.starts_with('{') => {
+                    begin_member(out, raw_key);
+                    merge_patch_compact(current, value, out)?;
+                }
+                value => {
+                    begin_member(out, raw_key);
+                    out.push_str(value);
+                }
+            }
+            continue;
+        }
+        let mut value: Option<String> = (!current.is_empty()).then(|| current.to_owned());
+        for change in group {
+            value = match change.value {
+                "null" => None,
+                patch if patch.starts_with('{') => {
+                    let mut merged = String::new();
+                    merge_patch_compact(value.as_deref().unwrap_or(""), patch, &mut merged)?;
+                    Some(merged)
+                }
+                patch => Some(patch.to_owned()),
             };
-            if !more {
-                break;
-            }
-            len += 1;
         }
-        items.truncate(len);
-        Ok(())
-    }
-
-    // An object patch merges into the state, which becomes an object if it was not.
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        if !self.merge {
-            *self.slot = Value::deserialize(de::value::MapAccessDeserializer::new(map))?;
-            return Ok(());
-        }
-        if !self.slot.is_object() {
-            *self.slot = Value::Object(Map::new());
-        }
-        let Value::Object(object) = self.slot else { unreachable!("made an object just above") };
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            map.next_value_seed(MergeMember { object: &mut *object, key })?;
-        }
-        Ok(())
-    }
-}
-
-/// A patch's member key: borrowed from the text unless it had escapes.
-enum Key<'de> {
-    Borrowed(&'de str),
-    Owned(String),
-}
-
-impl Key<'_> {
-    fn as_str(&self) -> &str {
-        match self {
-            Key::Borrowed(key) => key,
-            Key::Owned(key) => key,
+        if let Some(value) = value {
+            begin_member(out, raw_key);
+            out.push_str(&value);
         }
     }
+    out.push('}');
+    Ok(())
+}
 
-    fn into_owned(self) -> String {
-        match self {
-            Key::Borrowed(key) => key.to_owned(),
-            Key::Owned(key) => key,
+/// One member of an object, borrowed from its text.
+struct Member<'a> {
+    /// The key, unescaped (borrowed when it has no escapes).
+    key: Cow<'a, str>,
+    /// The key as written, with its quotes.
+    raw_key: &'a str,
+    /// The value as written.
+    value: &'a str,
+}
+
+fn malformed() -> serde_json::Error {
+    serde_json::Error::custom("not a compact JSON object")
+}
+
+/// An object's members, on the stack when there are few.
+type Members<'a> = SmallVec<[Member<'a>; 8]>;
+
+/// Puts in `found` the members of the compact JSON object `text` (which starts with
+/// `{`), in order. (Filled in place: a `Members` is too large to move around.)
+fn members<'a>(text: &'a str, found: &mut Members<'a>) -> serde_json::Result<()> {
+    let bytes = text.as_bytes();
+    let mut at = 1;
+    if bytes.get(at) == Some(&b'}') && bytes.len() == 2 {
+        return Ok(());
+    }
+    loop {
+        if bytes.get(at) != Some(&b'"') {
+            return Err(malformed());
         }
-    }
-}
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object key")
-            }
-
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key::Borrowed(v))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key::Owned(v.to_owned()))
-            }
-
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key::Owned(v))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-/// Merges one member of an object patch into the state's object.
-struct MergeMember<'s, 'de> {
-    object: &'s mut Map<String, Value>,
-    key: Key<'de>,
-}
-
-impl<'de> DeserializeSeed<'de> for MergeMember<'_, 'de> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl MergeMember<'_, '_> {
-    /// Runs `put` on the member's place in the state; a new member starts as `null`, so
-    /// that an object put there drops its own `null`s, as RFC 7386 asks.
-    fn put<R>(self, put: impl FnOnce(Put<'_>) -> R) -> R {
-        let slot = match self.object.get_mut(self.key.as_str()) {
-            Some(slot) => slot,
-            None => self.object.entry(self.key.into_owned()).or_insert(Value::Null),
+        let key_end = string_end(bytes, at)?;
+        let raw_key = text.get(at..key_end).ok_or_else(malformed)?;
+        let key = if raw_key.contains('\\') {
+            Cow::Owned(serde_json::from_str::<String>(raw_key)?)
+        } else {
+            Cow::Borrowed(raw_key.get(1..raw_key.len() - 1).ok_or_else(malformed)?)
         };
-        put(Put { slot, merge: true })
+        if bytes.get(key_end) != Some(&b':') {
+            return Err(malformed());
+        }
+        let value_end = value_end(bytes, key_end + 1)?;
+        let value = text.get(key_end + 1..value_end).ok_or_else(malformed)?;
+        found.push(Member { key, raw_key, value });
+        match bytes.get(value_end) {
+            Some(b',') => at = value_end + 1,
+            Some(b'}') if value_end + 1 == bytes.len() => return Ok(()),
+            _ => return Err(malformed()),
+        }
     }
 }
 
-impl<'de> Visitor<'de> for MergeMember<'_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
+/// The end (exclusive) of the string that starts with the quote at `start`.
+fn string_end(bytes: &[u8], start: usize) -> serde_json::Result<usize> {
+    let mut at = start + 1;
+    loop {
+        match bytes.get(at) {
+            Some(b'"') => return Ok(at + 1),
+            Some(b'\\') => at += 2,
+            Some(_) => at += 1,
+            None => return Err(malformed()),
+        }
     }
+}
 
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.put(|place| place.visit_bool(v))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.put(|place| place.visit_i64(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.put(|place| place.visit_u64(v))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.put(|place| place.visit_f64(v))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.put(|place| place.visit_str(v))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        self.put(|place| place.visit_string(v))
-    }
-
-    // `null` removes the member.
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.object.remove(self.key.as_str());
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        self.put(|place| place.visit_seq(seq))
-    }
-
-    // An object merges into the member.
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        self.put(|place| place.visit_map(map))
+/// The end (exclusive) of the compact JSON value that starts at `start`.
+fn value_end(bytes: &[u8], start: usize) -> serde_json::Result<usize> {
+    match bytes.get(start) {
+        Some(b'"') => string_end(bytes, start),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            let mut at = start;
+            loop {
+                match bytes.get(at) {
+                    Some(b'"') => {
+                        at = string_end(bytes, at)?;
+                        continue;
+                    }
+                    Some(b'{' | b'[') => depth += 1,
+                    Some(b'}' | b']') => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(at + 1);
+                        }
+                    }
+                    Some(_) => {}
+                    None => return Err(malformed()),
+                }
+                at += 1;
+            }
+        }
+        Some(b',' | b'}' | b']' | b':') | None => Err(malformed()),
+        Some(_) => {
+            let len = bytes[start..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']'))
+                .unwrap_or(bytes.len() - start);
+            Ok(start + len)
+        }
     }
 }
