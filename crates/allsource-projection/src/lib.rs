@@ -607,6 +607,11 @@ mod tests {
         // No state: the patch, without its nulls.
         assert_eq!(merged_text("", r#"{"a":{"b":null},"c":[null]}"#), json!({"a": {}, "c": [null]}));
         let mut out = String::new();
+        // Nesting past DEPTH_MAX is refused, not followed until the stack runs out.
+        let deep = |depth: usize| format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+        assert!(merge_patch_compact("", &deep(merge::DEPTH_MAX + 1), &mut out).is_ok());
+        assert!(merge_patch_compact("", &deep(merge::DEPTH_MAX + 2), &mut out).is_err());
+        assert!(merge_patch_compact("", &deep(100_000), &mut out).is_err());
         for bad in
             ["{", "{\"a\"", r#"{"a":1}x"#, r#"{"a" 1}"#, r#"{"a":}"#, r#"{"a":"1}"#, r#"{"a":[1}"#, "{,}"]
         {

@@ -27,11 +27,24 @@ use smallvec::SmallVec;
 /// an error, or a result as invalid as it was: never a panic.
 ///
 /// # Errors
-/// When the structure of an object in either text cannot be read.
+/// When the structure of an object in either text cannot be read, or objects in the
+/// patch are nested more than [`DEPTH_MAX`] deep (stored payloads never are: they
+/// are parsed when deeper than serde_json's recursion limit of 128, which refuses them).
 pub fn merge_patch_compact(state: &str, patch: &str, out: &mut String) -> serde_json::Result<()> {
+    merge_at(state, patch, out, 0)
+}
+
+/// How deep [`merge_patch_compact`] follows objects into objects: each level takes
+/// about a kilobyte of the thread's stack.
+pub const DEPTH_MAX: usize = 128;
+
+fn merge_at(state: &str, patch: &str, out: &mut String, depth: usize) -> serde_json::Result<()> {
     if !patch.starts_with('{') {
         out.push_str(patch);
         return Ok(());
+    }
+    if depth > DEPTH_MAX {
+        return Err(serde_json::Error::custom("objects nested too deep"));
     }
     let mut changes = Members::new();
     members(patch, &mut changes)?;
@@ -84,7 +97,7 @@ pub fn merge_patch_compact(state: &str, patch: &str, out: &mut String) -> serde_
                 "null" => {}
                 value if value.starts_with('{') => {
                     begin_member(out, raw_key);
-                    merge_patch_compact(current, value, out)?;
+                    merge_at(current, value, out, depth + 1)?;
                 }
                 value => {
                     begin_member(out, raw_key);
@@ -99,7 +112,7 @@ pub fn merge_patch_compact(state: &str, patch: &str, out: &mut String) -> serde_
                 "null" => None,
                 patch if patch.starts_with('{') => {
                     let mut merged = String::new();
-                    merge_patch_compact(value.as_deref().unwrap_or(""), patch, &mut merged)?;
+                    merge_at(value.as_deref().unwrap_or(""), patch, &mut merged, depth + 1)?;
                     Some(merged)
                 }
                 patch => Some(patch.to_owned()),

@@ -553,6 +553,25 @@ pub fn as_of_state(c: &impl Client) {
         assert_eq!(state["state"], want);
         assert_eq!(ok(c, Req::get("/api/v1/entities/scalar/snapshot"), 200), state);
     }
+
+    // Objects nested 120 deep merge like any others (the parser refuses past 128).
+    let deep = |leaf: Value| (0..120).fold(leaf, |inner, _| json!({ "a": inner }));
+    append(c, &event("deep", "t", deep(json!({"x": 1, "y": 2}))));
+    let first = append(c, &event("deep", "t", deep(json!({"x": null, "z": 3}))));
+    let state = ok(c, Req::get("/api/v1/entities/deep/snapshot"), 200);
+    assert_eq!((&state["state"], &state["version"]), (&deep(json!({"y": 2, "z": 3})), &json!(2)));
+    append(c, &event("deep", "t", json!({"b": 1})));
+    let as_of = encode(first["timestamp"].as_str().unwrap());
+    let replayed = ok(c, Req::get(format!("/api/v1/entities/deep/state?as_of={as_of}")), 200);
+    assert_eq!(replayed["state"], state["state"]);
+
+    // Keys are compared as the strings they stand for: "\u0061" is "a".
+    let raw = br#"{"event_type":"t","entity_id":"esc","payload":{"\u0061":1,"b":{"\u0063":2,"\"":0}}}"#;
+    ok(c, Req::post("/api/v1/events", Some("application/json"), raw.to_vec()), 201);
+    append(c, &event("esc", "t", json!({"a": 2, "b": {"c": null, "d": 4}})));
+    let want = json!({"a": 2, "b": {"\"": 0, "d": 4}});
+    assert_eq!(ok(c, Req::get("/api/v1/entities/esc/snapshot"), 200)["state"], want);
+    assert_eq!(ok(c, Req::get("/api/v1/entities/esc/state?as_of=2999-01-01T00:00:00Z"), 200)["state"], want);
 }
 
 /// Entity ids are percent-decoded from paths and query strings.
