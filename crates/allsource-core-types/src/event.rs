@@ -1,6 +1,8 @@
 //! Events: what a client proposes ([`NewEvent`]), what passed validation
 //! ([`ProposedEvent`]) and what the store keeps ([`Event`]).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -106,10 +108,13 @@ impl NewEvent {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNewEvent<'a> {
-    /// What happened.
-    pub event_type: String,
+    /// What happened (borrowed from the request unless it has escapes, like the
+    /// entity and the id).
+    #[serde(borrow)]
+    pub event_type: Cow<'a, str>,
     /// The entity it belongs to.
-    pub entity_id: String,
+    #[serde(borrow)]
+    pub entity_id: Cow<'a, str>,
     /// Any JSON value.
     #[serde(borrow)]
     pub payload: &'a RawValue,
@@ -117,8 +122,8 @@ pub struct RawNewEvent<'a> {
     #[serde(default, borrow)]
     pub metadata: Option<&'a RawValue>,
     /// A UUID for idempotent retries, or `None` to let the store make one.
-    #[serde(default)]
-    pub id: Option<String>,
+    #[serde(default, borrow)]
+    pub id: Option<Cow<'a, str>>,
     /// The entity's version the append requires (0: no events yet), or `None` for any.
     #[serde(default)]
     pub expected_version: Option<Version>,
@@ -151,9 +156,9 @@ impl TryFrom<NewEvent> for ProposedEvent {
             Some(_) => Some(Json::from_value(&Value::Null)),
         };
         ProposedEvent::checked(
-            new.event_type,
-            new.entity_id,
-            new.id,
+            &new.event_type,
+            &new.entity_id,
+            new.id.as_deref(),
             || Ok(Json::from_value(&new.payload)),
             metadata,
             new.expected_version,
@@ -172,9 +177,9 @@ impl TryFrom<RawNewEvent<'_>> for ProposedEvent {
             Some(raw) => Some(Json::compact(raw).map_err(|e| not_json("metadata", e))?),
         };
         ProposedEvent::checked(
-            new.event_type,
-            new.entity_id,
-            new.id,
+            &new.event_type,
+            &new.entity_id,
+            new.id.as_deref(),
             || Json::compact(new.payload).map_err(|e| not_json("payload", e)),
             metadata,
             new.expected_version,
@@ -211,9 +216,9 @@ impl ProposedEvent {
     /// Every rule of the contract, in the order its errors are reported. `metadata`:
     /// `None` for `{}`, else the client's value (an error unless an object).
     fn checked(
-        event_type: String,
-        entity_id: String,
-        id: Option<String>,
+        event_type: &str,
+        entity_id: &str,
+        id: Option<&str>,
         payload: impl FnOnce() -> Result<Json, Error>,
         metadata: Option<Json>,
         expected_version: Option<Version>,
@@ -223,7 +228,7 @@ impl ProposedEvent {
         let id = match id {
             None => None,
             Some(text) => Some(
-                Uuid::try_parse(&text)
+                Uuid::try_parse(text)
                     .map_err(|e| Error::Validation(format!("id {text:?} is not a UUID: {e}")))?,
             ),
         };

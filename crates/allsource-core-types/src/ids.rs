@@ -1,9 +1,9 @@
 //! Validated entity ids and event types.
 
 use std::fmt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smol_str::SmolStr;
 
 use crate::limits::{ID_BYTES_MAX, ID_BYTES_MIN};
 use crate::Error;
@@ -33,18 +33,15 @@ macro_rules! validated_id {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
         ///
-        /// Cheap to clone: the text is shared.
+        /// Cheap to clone: up to 23 bytes are held inline (copied, and compared where
+        /// they are: a map keyed by ids finds a key without following a pointer), a
+        /// longer text is shared.
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(Arc<str>);
+        pub struct $name(SmolStr);
 
         impl $name {
             /// The id as text.
             pub fn as_str(&self) -> &str {
-                &self.0
-            }
-
-            /// The shared text, for interning.
-            pub fn as_arc(&self) -> &Arc<str> {
                 &self.0
             }
 
@@ -59,7 +56,7 @@ macro_rules! validated_id {
             type Error = Error;
             fn try_from(value: &str) -> Result<Self, Error> {
                 check_id($what, value)?;
-                Ok(Self(Arc::from(value)))
+                Ok(Self(SmolStr::new(value)))
             }
         }
 
@@ -67,15 +64,7 @@ macro_rules! validated_id {
             type Error = Error;
             fn try_from(value: String) -> Result<Self, Error> {
                 check_id($what, &value)?;
-                Ok(Self(Arc::from(value)))
-            }
-        }
-
-        impl TryFrom<Arc<str>> for $name {
-            type Error = Error;
-            fn try_from(value: Arc<str>) -> Result<Self, Error> {
-                check_id($what, &value)?;
-                Ok(Self(value))
+                Ok(Self(SmolStr::from(value)))
             }
         }
 
