@@ -17,11 +17,10 @@
 #![allow(clippy::expect_used, reason = "a bench whose engine call fails must stop loudly")]
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use allsource_benches::{entity_id, filled_store, new_event, order_payload, sealed_store, StoreShape};
-use std::sync::Arc;
-
 use allsource_core::projection::{apply_merge_patch, merge_patch_compact};
 use allsource_core::EventStore;
 use criterion::{criterion_group, criterion_main, Criterion};

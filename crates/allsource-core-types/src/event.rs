@@ -109,7 +109,7 @@ impl NewEvent {
 #[serde(deny_unknown_fields)]
 pub struct RawNewEvent<'a> {
     /// What happened (borrowed from the request unless it has escapes, like the
-    /// entity and the id).
+    /// entity: short ones are then never allocated).
     #[serde(borrow)]
     pub event_type: Cow<'a, str>,
     /// The entity it belongs to.
@@ -122,8 +122,8 @@ pub struct RawNewEvent<'a> {
     #[serde(default, borrow)]
     pub metadata: Option<&'a RawValue>,
     /// A UUID for idempotent retries, or `None` to let the store make one.
-    #[serde(default, borrow)]
-    pub id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub id: Option<String>,
     /// The entity's version the append requires (0: no events yet), or `None` for any.
     #[serde(default)]
     pub expected_version: Option<Version>,
