@@ -178,6 +178,23 @@ pub fn write_json_array(views: &[EventView], out: &mut Vec<u8>) {
     out.push(b']');
 }
 
+/// Appends `event` as JSON, as [`EventView::write_json`] writes a stored one and as
+/// `serde_json` writes an [`Event`].
+pub fn write_event_json(event: &Event, out: &mut Vec<u8>) {
+    let fields = Fields {
+        id: event.id,
+        event_type: event.event_type.as_str(),
+        entity_id: event.entity_id.as_str(),
+        payload: event.payload.as_str(),
+        metadata: event.metadata.as_str(),
+        timestamp: event.timestamp,
+        version: event.version,
+        position: event.position,
+    };
+    out.reserve(fields.len_hint());
+    fields.write_json(out);
+}
+
 /// The fields of one event as [`EventView::write_json`] writes them.
 struct Fields<'a> {
     id: Uuid,
@@ -227,8 +244,8 @@ impl std::fmt::Debug for EventView {
     }
 }
 
-/// `text` as a JSON string, escaped as `serde_json` escapes it.
-fn write_json_string(out: &mut Vec<u8>, text: &str) {
+/// Appends `text` as a JSON string, escaped as `serde_json` escapes it.
+pub fn write_json_string(out: &mut Vec<u8>, text: &str) {
     // Ids without characters to escape (nearly all) are copied; the rest go through
     // serde_json, which cannot fail on a Vec.
     if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
