@@ -138,7 +138,7 @@ pub const STORE_EVENTS_MAX: u64 = 1 << 20;
 
 /// Events whose inputs [`time_appends`] builds ahead of one timed stretch: enough to
 /// make the clock's cost vanish, few enough to bound the memory they take.
-const PREBUILT_EVENTS: u64 = 1 << 16;
+pub const PREBUILT_EVENTS: u64 = 1 << 16;
 
 /// The time `iters` calls of `append` take, each on a fresh input of
 /// `events_per_input` events built by `make_input(i)` for `i` in `0..iters`.

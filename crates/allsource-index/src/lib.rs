@@ -25,7 +25,7 @@
 use std::borrow::Borrow;
 use std::hash::Hash;
 
-use allsource_core_types::Position;
+use allsource_core_types::{Position, MAP_SHARDS};
 use dashmap::DashMap;
 use uuid::Uuid;
 
@@ -38,15 +38,8 @@ use parking_lot::RwLock;
 /// keys chosen by clients cannot be picked to collide.
 type RandomState = foldhash::fast::RandomState;
 
-/// Shards of every index map. A shard that outgrows its table rehashes every entry
-/// into one twice the size while it holds the shard's lock, and the engine indexes
-/// under its sequencer lock: with the default (4 per core, 8 here) a shard of the id
-/// index held 250K ids at 2M events and stalled every append for up to 48 ms while
-/// it grew. With 256 shards each growth moves 32 times fewer entries.
-const SHARDS: usize = 256;
-
 fn sharded_map<K: Eq + Hash, V>() -> DashMap<K, V, RandomState> {
-    DashMap::with_capacity_and_hasher_and_shard_amount(0, RandomState::default(), SHARDS)
+    DashMap::with_capacity_and_hasher_and_shard_amount(0, RandomState::default(), MAP_SHARDS)
 }
 
 /// An inclusive range of log positions, `first..=last`; empty when `first > last`.

@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 
 mod merge;
 
-pub use merge::merge_patch_compact;
+pub use merge::{merge_patch_compact, MERGE_DEPTH_MAX};
 
 /// A view of the log kept current as events are committed.
 ///
@@ -156,12 +156,15 @@ pub struct EntitySnapshots {
 }
 
 impl Default for EntitySnapshots {
-    /// 256 shards, not the default 4 per core: a shard that outgrows its table moves
+    /// [`MAP_SHARDS`](allsource_core_types::MAP_SHARDS) shards, not the default 4 per core: a shard that outgrows its table moves
     /// every entry while it holds the shard's lock, and the publisher, which every
     /// append waits for, is the one inserting.
     fn default() -> Self {
         EntitySnapshots {
-            snapshots: DashMap::with_hasher_and_shard_amount(foldhash::fast::RandomState::default(), 256),
+            snapshots: DashMap::with_hasher_and_shard_amount(
+                foldhash::fast::RandomState::default(),
+                allsource_core_types::MAP_SHARDS,
+            ),
         }
     }
 }
@@ -607,10 +610,10 @@ mod tests {
         // No state: the patch, without its nulls.
         assert_eq!(merged_text("", r#"{"a":{"b":null},"c":[null]}"#), json!({"a": {}, "c": [null]}));
         let mut out = String::new();
-        // Nesting past DEPTH_MAX is refused, not followed until the stack runs out.
+        // Nesting past MERGE_DEPTH_MAX is refused, not followed until the stack runs out.
         let deep = |depth: usize| format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
-        assert!(merge_patch_compact("", &deep(merge::DEPTH_MAX + 1), &mut out).is_ok());
-        assert!(merge_patch_compact("", &deep(merge::DEPTH_MAX + 2), &mut out).is_err());
+        assert!(merge_patch_compact("", &deep(MERGE_DEPTH_MAX + 1), &mut out).is_ok());
+        assert!(merge_patch_compact("", &deep(MERGE_DEPTH_MAX + 2), &mut out).is_err());
         assert!(merge_patch_compact("", &deep(100_000), &mut out).is_err());
         for bad in
             ["{", "{\"a\"", r#"{"a":1}x"#, r#"{"a" 1}"#, r#"{"a":}"#, r#"{"a":"1}"#, r#"{"a":[1}"#, "{,}"]

@@ -28,7 +28,7 @@ use smallvec::SmallVec;
 ///
 /// # Errors
 /// When the structure of an object in either text cannot be read, or objects in the
-/// patch are nested more than [`DEPTH_MAX`] deep (stored payloads never are: they
+/// patch are nested more than [`MERGE_DEPTH_MAX`] deep (stored payloads never are: they
 /// are parsed when deeper than serde_json's recursion limit of 128, which refuses them).
 pub fn merge_patch_compact(state: &str, patch: &str, out: &mut String) -> serde_json::Result<()> {
     merge_at(state, patch, out, 0)
@@ -36,14 +36,14 @@ pub fn merge_patch_compact(state: &str, patch: &str, out: &mut String) -> serde_
 
 /// How deep [`merge_patch_compact`] follows objects into objects: each level takes
 /// about a kilobyte of the thread's stack.
-pub const DEPTH_MAX: usize = 128;
+pub const MERGE_DEPTH_MAX: usize = 128;
 
 fn merge_at(state: &str, patch: &str, out: &mut String, depth: usize) -> serde_json::Result<()> {
     if !patch.starts_with('{') {
         out.push_str(patch);
         return Ok(());
     }
-    if depth > DEPTH_MAX {
+    if depth > MERGE_DEPTH_MAX {
         return Err(serde_json::Error::custom("objects nested too deep"));
     }
     let mut changes = Members::new();
