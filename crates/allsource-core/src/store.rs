@@ -621,7 +621,8 @@ impl Inner {
                 }
                 None => sequencer.ids.next(timestamp),
             };
-            // Interning: the event shares the entity id and type already in use.
+            // Interning: the event shares the entity id and type already in use (a text
+            // longer than 23 bytes is then stored once; shorter ones are held inline).
             // An entity's version is how many events it has: the entity index holds every
             // sequenced event, committed or not.
             let (entity_id, stored_version) = match self.entities.key_and_len(&proposal.entity_id) {

@@ -99,9 +99,9 @@ impl<K: Eq + Hash> PositionIndex<K> {
     /// Records that `position` belongs to `key`. Positions of one key must be pushed in
     /// increasing order (the log's order); a smaller one is a bug in the caller.
     ///
-    /// `key` is cloned only for a key not seen before: ids and types are shared
-    /// (reference-counted) text, and a clone for each push would write to a count that
-    /// every event of the key shares with the threads that read it.
+    /// `key` is cloned only for a key not seen before: an id or type longer than 23
+    /// bytes is shared (reference-counted) text, and a clone for each push would write
+    /// to a count that every event of the key shares with the threads that read it.
     pub fn push(&self, key: &K, position: Position)
     where
         K: Clone,

@@ -175,7 +175,7 @@ impl Default for EntitySnapshots {
 /// map for a moment, not for a copy of its states, while appends wait to apply).
 #[derive(Debug, Clone)]
 struct Stored {
-    /// Empty before the first event (no state), then a JSON value.
+    /// Compact JSON text; `null` before the first event.
     state: Arc<str>,
     version: Version,
     last_event_at: Timestamp,
@@ -183,15 +183,7 @@ struct Stored {
 
 impl Stored {
     fn snapshot(&self) -> Snapshot {
-        Snapshot { state: self.state_value(), version: self.version, last_event_at: self.last_event_at }
-    }
-
-    fn state_value(&self) -> Value {
-        if self.state.is_empty() {
-            Value::Null
-        } else {
-            parse_state(&self.state)
-        }
+        Snapshot { state: parse_state(&self.state), version: self.version, last_event_at: self.last_event_at }
     }
 }
 
@@ -235,7 +227,7 @@ impl Projection for EntitySnapshots {
         let mut stored = match self.snapshots.get_mut(&event.entity_id) {
             Some(stored) => stored,
             None => self.snapshots.entry(event.entity_id.clone()).or_insert_with(|| Stored {
-                state: Arc::from(""),
+                state: Arc::from("null"),
                 version: 0,
                 last_event_at: Timestamp::MIN,
             }),
@@ -272,7 +264,7 @@ impl Projection for EntitySnapshots {
         let snapshot = self.snapshots.get(key)?;
         Some(json!({
             "entity_id": key,
-            "state": snapshot.state_value(),
+            "state": parse_state(&snapshot.state),
             "version": snapshot.version,
             "last_event_at": snapshot.last_event_at,
         }))
@@ -295,8 +287,7 @@ impl Projection for EntitySnapshots {
                     out.write_all(b",")?;
                 }
                 serde_json::to_writer(&mut *out, entity.as_str())?;
-                let state = if s.state.is_empty() { "null" } else { &*s.state };
-                write!(out, ":[{state},{},{}]", s.version, s.last_event_at.as_micros())?;
+                write!(out, ":[{},{},{}]", s.state, s.version, s.last_event_at.as_micros())?;
             }
             out.write_all(b"}")
         }))
