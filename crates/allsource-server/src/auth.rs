@@ -1,5 +1,5 @@
-//! API keys: who may read and who may write. With at least one key configured, a
-//! middleware in front of every route but the open ones ([`OPEN_PATHS`]) asks for
+//! API keys: who may read and who may write. With at least one key configured, the
+//! request guard (module `guard`), in front of every route but the open ones ([`OPEN_PATHS`]) asks for
 //! `Authorization: Bearer <key>`: `401 Unauthorized` without a known key, `403
 //! Forbidden` for a read key on a method that writes (anything but `GET`, `HEAD` and
 //! `OPTIONS`).
@@ -13,11 +13,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use ring::digest::{digest, SHA256, SHA256_OUTPUT_LEN};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
@@ -185,35 +183,33 @@ impl fmt::Debug for ApiKeys {
     }
 }
 
-/// The middleware: lets a request through if its path is open or its bearer token is
-/// a key whose role allows the method; answers `401` or `403` otherwise.
-pub(crate) async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
+/// The check the request guard makes when keys are configured: a request passes if its
+/// path is open or its bearer token is a key whose role allows the method; it gets a
+/// `401` or a `403` otherwise.
+pub(crate) fn check(keys: &ApiKeys, request: &Request) -> Result<(), AppError> {
     if OPEN_PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
+        return Ok(());
     }
     let Some(token) = bearer_token(request.headers()) else {
-        return AppError::Unauthorized {
+        return Err(AppError::Unauthorized {
             message: "this server needs an API key: send 'Authorization: Bearer <key>'".to_string(),
             invalid_token: false,
-        }
-        .into_response();
+        });
     };
     let Some(role) = keys.role_of(token) else {
-        return AppError::Unauthorized {
+        return Err(AppError::Unauthorized {
             message: "the bearer token is not a known API key".to_string(),
             invalid_token: true,
-        }
-        .into_response();
+        });
     };
     if role < role_needed(request.method()) {
-        return AppError::Forbidden(format!(
+        return Err(AppError::Forbidden(format!(
             "a read key cannot {} {}: it needs a write key",
             request.method(),
             request.uri().path()
-        ))
-        .into_response();
+        )));
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// The role a method needs: reading methods need `Read`, every other one `Write`.

@@ -39,6 +39,7 @@ pub mod config;
 pub mod error;
 mod export;
 mod extract;
+mod guard;
 mod handlers;
 pub mod limits;
 pub mod metrics;

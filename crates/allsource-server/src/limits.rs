@@ -12,10 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{AppError, OVERLOADED_RETRY_AFTER_SECONDS};
 
@@ -25,7 +22,8 @@ pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
 /// The default number of requests in flight (on the ordinary routes).
 pub const CONCURRENT_REQUESTS_DEFAULT: usize = 1024;
 
-/// The state of the middleware: the request slots and the time limit.
+/// The request slots and the time limit, which the request guard holds each ordinary
+/// request to.
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     slots: Arc<Semaphore>,
@@ -39,36 +37,39 @@ impl Limits {
         let slots_max = slots_max.clamp(1, Semaphore::MAX_PERMITS);
         Limits { slots: Arc::new(Semaphore::new(slots_max)), slots_max, timeout }
     }
-}
 
-/// The middleware: takes a slot or answers `503 Overloaded`, then runs the request
-/// within the time limit or answers `504 Timeout`.
-pub(crate) async fn limit(State(limits): State<Limits>, request: Request, next: Next) -> Response {
-    let Ok(_slot) = limits.slots.clone().try_acquire_owned() else {
-        tracing::warn!(slots = limits.slots_max, "overloaded: request refused");
-        return AppError::Overloaded(format!(
-            "the server is at its limit of {} requests in flight; retry in {} s",
-            limits.slots_max, OVERLOADED_RETRY_AFTER_SECONDS
-        ))
-        .into_response();
-    };
-    match tokio::time::timeout(limits.timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(timeout_ms = limits.timeout.as_millis() as u64, "request timed out");
-            AppError::Timeout(format!(
-                "the request did not finish within {} ms; an append may still have been \
-                 committed: retry it with the same id to find out",
-                limits.timeout.as_millis()
+    /// A free slot, held until it is dropped, or the `503 Overloaded` that refuses the
+    /// request at once when every slot is taken.
+    pub(crate) fn take_slot(&self) -> Result<OwnedSemaphorePermit, AppError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!(slots = self.slots_max, "overloaded: request refused");
+            AppError::Overloaded(format!(
+                "the server is at its limit of {} requests in flight; retry in {} s",
+                self.slots_max, OVERLOADED_RETRY_AFTER_SECONDS
             ))
-            .into_response()
-        }
+        })
+    }
+
+    /// How long a request may take.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The `504 Timeout` of a request that took longer than [`Limits::timeout`].
+    pub(crate) fn timed_out(&self) -> AppError {
+        tracing::warn!(timeout_ms = self.timeout.as_millis() as u64, "request timed out");
+        AppError::Timeout(format!(
+            "the request did not finish within {} ms; an append may still have been \
+             committed: retry it with the same id to find out",
+            self.timeout.as_millis()
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use axum::body::{to_bytes, Body};
+    use axum::extract::Request;
     use axum::http::StatusCode;
     use axum::routing::get;
     use axum::Router;
@@ -77,6 +78,8 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use crate::guard::GuardLayer;
+    use crate::{ApiKeys, Metrics};
 
     fn router(limits: Limits, release: Arc<tokio::sync::Notify>) -> Router {
         Router::new()
@@ -88,7 +91,7 @@ mod tests {
                 }),
             )
             .route("/fast", get(|| async { "fast" }))
-            .layer(axum::middleware::from_fn_with_state(limits, limit))
+            .layer(GuardLayer::new(Metrics::default(), ApiKeys::default(), limits, &[]))
     }
 
     async fn send(router: &Router, path: &str) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {

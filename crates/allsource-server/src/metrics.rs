@@ -2,7 +2,7 @@
 //! request runs in.
 //!
 //! [`Metrics`] is the registry (the `prometheus-client` crate writes the text
-//! exposition format) with the HTTP figures, which the middleware `observe_request`
+//! exposition format) with the HTTP figures, which the request guard (`guard`)
 //! records on every response: responses by status class, append requests by outcome,
 //! and the latency of appends and of queries by route template (never the raw path,
 //! whose ids would make a series per entity). The store's figures (events and bytes
@@ -10,7 +10,7 @@
 //! at each scrape, so that nothing on the write path works for metrics beyond the
 //! WAL's few atomic adds.
 //!
-//! The same middleware gives every request an `x-request-id` (a UUID unless the client
+//! The same guard gives every request an `x-request-id` (a UUID unless the client
 //! sent one), echoed on the response, and runs it in a span (`request_id`, `method`,
 //! `route`, then `status`).
 
@@ -19,13 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allsource_core::{EventStore, HistogramSnapshot, Stats};
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
-use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
-use axum::Router;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -35,8 +33,6 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use tracing::Instrument;
-use uuid::Uuid;
 
 use crate::error::AppError;
 use crate::stream::{Subscriptions, STREAM_PATH};
@@ -188,7 +184,7 @@ impl Metrics {
 
     /// Records one response: its status class, and for an append or a query its
     /// latency, and for an append its outcome.
-    fn record(&self, route: &RouteKind, status: StatusCode, error_code: Option<&str>, elapsed: Duration) {
+    pub(crate) fn record(&self, route: &RouteKind, status: StatusCode, error_code: Option<&str>, elapsed: Duration) {
         let class = status_class(status);
         self.inner.responses.get_or_create(&StatusClassLabels { class }).inc();
         match route {
@@ -211,11 +207,6 @@ impl Metrics {
     }
 }
 
-/// Wraps `router` (the whole API) in [`observe_request`].
-pub(crate) fn observe(router: Router, metrics: &Metrics) -> Router {
-    router.layer(from_fn_with_state(metrics.clone(), observe_request))
-}
-
 /// `GET /metrics`: the route, over the store of the router's state.
 pub(crate) fn scrape_route(metrics: Metrics, subscriptions: Subscriptions) -> MethodRouter<Arc<EventStore>> {
     get(move |State(store): State<Arc<EventStore>>| async move { scrape(&metrics, &store, &subscriptions) })
@@ -233,59 +224,8 @@ fn scrape(metrics: &Metrics, store: &EventStore, subscriptions: &Subscriptions) 
     }
 }
 
-/// The middleware: gives the request an `x-request-id` (a fresh UUID unless the
-/// client sent a non-empty one) and echoes it on the response, runs the request in its span
-/// (`request_id`, `method`, `route` template, then `status`), and records the response
-/// in `metrics`. One middleware rather than a layer each (tower-http has request-id and
-/// trace layers): every layer costs each request, and this one is on every request.
-pub(crate) async fn observe_request(
-    State(metrics): State<Metrics>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let request_id = match request.headers().get(X_REQUEST_ID).filter(|id| !id.is_empty()) {
-        Some(id) => Some(id.clone()),
-        None => {
-            let mut text = Uuid::encode_buffer();
-            let id = HeaderValue::from_str(Uuid::new_v4().hyphenated().encode_lower(&mut text)).ok();
-            if let Some(id) = &id {
-                request.headers_mut().insert(X_REQUEST_ID, id.clone());
-            }
-            id
-        }
-    };
-    let template = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
-    let route = template.map_or(RouteKind::Other, |template| RouteKind::of(request.method(), template));
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id.as_ref().map_or("<none>", loggable_request_id),
-        method = %request.method(),
-        route = %template.unwrap_or("<unmatched>"),
-        status = tracing::field::Empty,
-    );
-    // With an explicit parent rather than inside the span: entering a span costs even
-    // when the event is filtered out.
-    tracing::debug!(parent: &span, "started");
-    let mut response = next.run(request).instrument(span.clone()).await;
-    let elapsed = started.elapsed();
-    let status = response.status();
-    // Only the `finished` line shows the status (span fields appear with events).
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        span.record("status", status.as_u16());
-        let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        tracing::debug!(parent: &span, latency_us, "finished");
-    }
-    let error_code = response.extensions().get::<ErrorCode>().map(|code| code.0);
-    metrics.record(&route, status, error_code, elapsed);
-    if let Some(id) = request_id {
-        response.headers_mut().entry(X_REQUEST_ID).or_insert(id);
-    }
-    response
-}
-
 /// The request id header, set on every request and echoed on every response.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The contract's error code of an error response, left in the response's extensions
 /// by [`AppError`] for the metrics.
@@ -294,7 +234,7 @@ pub(crate) struct ErrorCode(pub(crate) &'static str);
 
 /// What a matched route is, for the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum RouteKind {
+pub(crate) enum RouteKind {
     /// A single or batch append, by its template.
     Append(&'static str),
     /// A read under `/api/` (a query, a get, a state, an export, ...), by its template.
@@ -305,7 +245,7 @@ enum RouteKind {
 
 impl RouteKind {
     /// `template` is the route's template (`/api/v1/events/{id}`), never the raw path.
-    fn of(method: &Method, template: &str) -> RouteKind {
+    pub(crate) fn of(method: &Method, template: &str) -> RouteKind {
         match (method, template) {
             (&Method::POST, APPEND_ROUTE) => RouteKind::Append(APPEND_ROUTE),
             (&Method::POST, APPEND_BATCH_ROUTE) => RouteKind::Append(APPEND_BATCH_ROUTE),
@@ -366,7 +306,7 @@ fn known_code(code: &str) -> Option<&'static str> {
 
 /// A client's request id as it may go into the log: visible ASCII of a bounded
 /// length, else `<invalid>`.
-fn loggable_request_id(value: &HeaderValue) -> &str {
+pub(crate) fn loggable_request_id(value: &HeaderValue) -> &str {
     match value.to_str() {
         Ok(text)
             if !text.is_empty()

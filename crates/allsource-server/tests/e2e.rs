@@ -94,7 +94,7 @@ fn sigint_exits_zero() {
 fn sigterm_finishes_the_request_in_flight() {
     let server = Server::launch(
         &["--addr", "127.0.0.1:0", "--in-memory"],
-        &[("RUST_LOG", "info,allsource_server::metrics=debug")],
+        &[("RUST_LOG", "info,allsource_server::guard=debug")],
     );
     let mut stream = server.connect();
     // A first, complete exchange on a kept-alive connection: the server has accepted it.

@@ -350,7 +350,7 @@ fn in_memory_has_no_storage_figures() {
 fn request_ids_are_echoed_and_logged() {
     let server = Server::launch(
         &["--addr", "127.0.0.1:0", "--in-memory"],
-        &[("RUST_LOG", "info,allsource_server::metrics=debug")],
+        &[("RUST_LOG", "info,allsource_server::guard=debug")],
     );
     let mut fresh = Vec::new();
     for req in [Req::get("/health"), Req::get("/nope"), Req::get("/metrics"), Req::get("/api/v1/stats")] {
@@ -422,7 +422,7 @@ fn subscribers_are_counted_while_open() {
 fn json_logs_carry_the_request_span() {
     let server = Server::launch(
         &["--addr", "127.0.0.1:0", "--in-memory", "--log-format", "json"],
-        &[("RUST_LOG", "info,allsource_server::metrics=debug")],
+        &[("RUST_LOG", "info,allsource_server::guard=debug")],
     );
     let listening: serde_json::Value =
         serde_json::from_str(server.startup_log.last().unwrap()).expect("the start-up log is JSON");
