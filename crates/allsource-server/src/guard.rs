@@ -124,25 +124,18 @@ where
         tracing::debug!(parent: &span, "started");
 
         let shared = self.shared.clone();
-        let mut slot = None;
-        let refusal = if shared.keys.is_empty() {
-            Ok(())
-        } else {
-            auth::check(&shared.keys, &request)
-        };
-        let refusal = refusal.and_then(|()| {
-            if limited {
-                slot = Some(span.in_scope(|| shared.limits.take_slot())?);
-            }
-            Ok(())
-        });
+        // A client without a key takes no slot.
+        let admitted = if shared.keys.is_empty() { Ok(()) } else { auth::check(&shared.keys, &request) }
+            .and_then(
+                |()| if limited { span.in_scope(|| shared.limits.take_slot()).map(Some) } else { Ok(None) },
+            );
         // The route's future, or the response that takes its place: a refusal, or the
-        // `500` for a route that panicked before it returned a future.
-        let answer = match refusal {
-            Err(error) => Err(error.into_response()),
-            Ok(()) => match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
-                Ok(future) => Ok(future),
-                Err(panic) => Err(span.in_scope(|| panic_response(panic))),
+        // `500` of a route that panicked before it returned a future.
+        let (answer, slot) = match admitted {
+            Err(error) => (Err(error.into_response()), None),
+            Ok(slot) => match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(request))) {
+                Ok(future) => (Ok(future), slot),
+                Err(panic) => (Err(span.in_scope(|| panic_response(panic))), slot),
             },
         };
         Box::pin(async move {

@@ -184,7 +184,13 @@ impl Metrics {
 
     /// Records one response: its status class, and for an append or a query its
     /// latency, and for an append its outcome.
-    pub(crate) fn record(&self, route: &RouteKind, status: StatusCode, error_code: Option<&str>, elapsed: Duration) {
+    pub(crate) fn record(
+        &self,
+        route: &RouteKind,
+        status: StatusCode,
+        error_code: Option<&str>,
+        elapsed: Duration,
+    ) {
         let class = status_class(status);
         self.inner.responses.get_or_create(&StatusClassLabels { class }).inc();
         match route {

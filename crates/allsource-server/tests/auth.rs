@@ -209,8 +209,9 @@ fn keys_never_reach_the_log() {
 
 /// A POST to `/api/v1/events` whose body is only partly sent: the server holds it in
 /// flight (reading the body) until the rest comes. Returns the connection and the rest.
-fn start_held_append(server: &Server) -> (std::net::TcpStream, Vec<u8>) {
-    let bytes = request_bytes(server.addr, &Req::post_json("/api/v1/events", &event("held", "t", json!({}))));
+fn start_held_append(server: &Server, with_key: impl Fn(Req) -> Req) -> (std::net::TcpStream, Vec<u8>) {
+    let append = Req::post_json("/api/v1/events", &event("held", "t", json!({})));
+    let bytes = request_bytes(server.addr, &with_key(append));
     let split = bytes.len() - 5;
     let mut stream = server.connect();
     stream.write_all(&bytes[..split]).unwrap();
@@ -229,35 +230,18 @@ fn answered(stream: &std::net::TcpStream) -> bool {
 #[test]
 fn overload_is_refused_with_retry_after() {
     let server = Server::start_with(&["--in-memory", "--concurrent-requests-max", "1"]);
-
-    // Once the held request has the slot, the next one is refused at once. Until the
-    // server has read it, probes still get through; and if the server reads it while a
-    // probe has the slot, the held request is the one refused: then hold another.
-    let deadline = Instant::now() + WAIT;
-    let (mut held, rest, refused) = 'hold: loop {
-        let (mut held, rest) = start_held_append(&server);
-        loop {
-            let reply = server.send(Req::get("/api/v1/stats"));
-            if reply.status == 503 {
-                break 'hold (held, rest, reply);
-            }
-            assert_eq!(reply.status, 200, "{}", reply.text());
-            if answered(&held) {
-                let reply = read_reply(&mut held).unwrap();
-                assert_error(&reply, 503, "Overloaded", "the held POST, refused while a probe ran");
-                break;
-            }
-            assert!(Instant::now() < deadline, "never overloaded");
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
+    let (mut held, rest, refused) = hold_the_slot(&server, None);
     let error = assert_error(&refused, 503, "Overloaded", "GET /api/v1/stats");
     assert!(error["message"].as_str().unwrap().contains("1 requests in flight"), "{error}");
     assert_eq!(refused.header("retry-after"), Some("1"));
     let reply = server.send(Req::post_json("/api/v1/events", &event("refused", "t", json!({}))));
     assert_error(&reply, 503, "Overloaded", "POST /api/v1/events");
-    // The liveness probe is outside the limit.
+    // The liveness probe, the metrics and the API description are outside the limit,
+    // and an unknown route is still answered as one.
     ok(&server, Req::get("/health"), 200);
+    assert_eq!(server.send(Req::get("/metrics")).status, 200);
+    ok(&server, Req::get("/openapi.json"), 200);
+    assert_error(&server.send(Req::get("/nope")), 404, "NotFound", "GET /nope");
 
     // The held request completes; its slot is free again.
     held.write_all(&rest).unwrap();
@@ -269,10 +253,56 @@ fn overload_is_refused_with_retry_after() {
 }
 
 #[test]
+fn a_request_without_a_key_is_refused_before_it_takes_a_slot() {
+    let key_arg = format!("{WRITE_KEY}:write");
+    let server =
+        Server::start_with(&["--in-memory", "--concurrent-requests-max", "1", "--api-key", &key_arg]);
+    let (mut held, rest, _) = hold_the_slot(&server, Some(WRITE_KEY));
+    // Every slot is taken, yet a request without a key hears that it has none.
+    let reply = server.send(Req::get("/api/v1/stats"));
+    assert_error(&reply, 401, "Unauthorized", "GET /api/v1/stats without a key, while overloaded");
+    let reply =
+        server.send(Req::get("/api/v1/stats").header("authorization", &format!("Bearer {WRITE_KEY}")));
+    assert_error(&reply, 503, "Overloaded", "GET /api/v1/stats with a key, while overloaded");
+    held.write_all(&rest).unwrap();
+    assert_eq!(read_reply(&mut held).unwrap().status, 201);
+}
+
+/// Holds the server's one request slot with an append whose body is partly sent, and
+/// returns its connection, the rest of its body and the `503` a probe got meanwhile.
+/// Until the server has read the held request, probes still get through; and if the
+/// server reads it while a probe has the slot, the held request is the one refused:
+/// then it holds another.
+fn hold_the_slot(server: &Server, key: Option<&str>) -> (std::net::TcpStream, Vec<u8>, Reply) {
+    let with_key = |req: Req| match key {
+        Some(key) => req.header("authorization", &format!("Bearer {key}")),
+        None => req,
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (mut held, rest) = start_held_append(server, with_key);
+        loop {
+            let reply = server.send(with_key(Req::get("/api/v1/stats")));
+            if reply.status == 503 {
+                return (held, rest, reply);
+            }
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            if answered(&held) {
+                let reply = read_reply(&mut held).unwrap();
+                assert_error(&reply, 503, "Overloaded", "the held POST, refused while a probe ran");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never overloaded");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+#[test]
 fn a_slow_request_times_out_as_json() {
     let server = Server::start_with(&["--in-memory", "--request-timeout-ms", "300"]);
     let started = Instant::now();
-    let (mut held, _rest) = start_held_append(&server);
+    let (mut held, _rest) = start_held_append(&server, |req| req);
     let reply = read_reply(&mut held).unwrap();
     let error = assert_error(&reply, 504, "Timeout", "held POST");
     assert!(started.elapsed() >= Duration::from_millis(300), "{:?}", started.elapsed());
