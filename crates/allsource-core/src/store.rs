@@ -684,8 +684,11 @@ impl Inner {
         match &self.queue {
             Some((queue, ready)) => {
                 queue.lock().events.extend(new_events);
-                ready.notify_one();
                 drop(sequencer);
+                // Outside the sequencer's lock: waking an idle writer is a system call,
+                // which the next appender would otherwise wait out. None is lost: the
+                // writer looks at the queue, under its lock, before it waits.
+                ready.notify_one();
                 Ok((decisions, self.ticket(target)))
             }
             None => {

@@ -28,8 +28,9 @@
 //! contract's JSON error), `extract` (bodies, paths and query strings into the
 //! engine's types), `handlers` (thin: extract, call the engine, map the result),
 //! `export` (Parquet and Arrow exports, streamed from a blocking thread), `routes`
-//! (the router and its layers), [`auth`] (API keys), [`limits`] (request slots and
-//! time limits), [`tls`] (serving over TLS with rustls), [`write_timeout`] (closing
+//! (the router), `guard` (the one middleware around every route: request id and
+//! span, key check, request limits, panic catcher, metrics), [`auth`] (API keys),
+//! [`limits`] (request slots and time limits), [`tls`] (serving over TLS with rustls), [`write_timeout`] (closing
 //! connections whose client stopped reading), `stream` (subscriptions: catch-up, then
 //! live events, as NDJSON or Server-Sent Events) and [`metrics`] (`GET /metrics` for
 //! Prometheus, request ids and the request span).
