@@ -1,8 +1,8 @@
 //! API keys: who may read and who may write. With at least one key configured, the
-//! request guard (module `guard`), in front of every route but the open ones ([`OPEN_PATHS`]) asks for
-//! `Authorization: Bearer <key>`: `401 Unauthorized` without a known key, `403
-//! Forbidden` for a read key on a method that writes (anything but `GET`, `HEAD` and
-//! `OPTIONS`).
+//! request guard (module `guard`) asks every request but those to the open paths
+//! ([`OPEN_PATHS`]) for `Authorization: Bearer <key>`: `401 Unauthorized` without a
+//! known key, `403 Forbidden` for a read key on a method that writes (anything but
+//! `GET`, `HEAD` and `OPTIONS`). It checks before the request takes a request slot.
 //!
 //! Keys are kept only as SHA-256 digests, and a presented token is checked against
 //! every one of them in constant time (the `subtle` crate), without stopping at a

@@ -1,5 +1,5 @@
-//! Observability: the Prometheus metrics of `GET /metrics` and the request span every
-//! request runs in.
+//! Observability: the Prometheus metrics of `GET /metrics`, and what the request
+//! guard (`guard`) needs for the request span: the request id header and the route kinds.
 //!
 //! [`Metrics`] is the registry (the `prometheus-client` crate writes the text
 //! exposition format) with the HTTP figures, which the request guard (`guard`)
