@@ -13,8 +13,8 @@
 //! each: axum wraps every route's service in a box once per layer and clones it for
 //! each request, and a `from_fn` middleware also boxes its future and clones the
 //! service it wraps. With the four layers this replaced, durable single appends ran at
-//! 36-37K requests/s; with this one, at 42-43K (paired runs of `cargo xtask load
-//! --scenarios append`).
+//! 39-40K requests/s; with this one, at 43-44K (three alternating pairs of `cargo xtask
+//! load --scenarios append`; the README has the full runs).
 
 use std::any::Any;
 use std::convert::Infallible;
