@@ -24,7 +24,7 @@ pub struct AppOptions {
     /// How many requests may be in flight on the ordinary routes; one more is refused
     /// with `503 Overloaded`. At least 1.
     pub concurrent_requests_max: usize,
-    /// The metrics registry `GET /metrics` serves and the middleware records into;
+    /// The metrics registry `GET /metrics` serves and the request guard records into;
     /// the default is a fresh one. The binary keeps a clone to record its start-up.
     pub metrics: Metrics,
     /// The subscriptions of `GET /api/v1/events/stream`: their settings and the count
