@@ -163,7 +163,7 @@ where
                 tracing::debug!(parent: &span, latency_us, "finished");
             }
             let error_code = response.extensions().get::<ErrorCode>().map(|code| code.0);
-            shared.metrics.record(&route, status, error_code, elapsed);
+            shared.metrics.record(route, status, error_code, elapsed);
             if let Some(id) = request_id {
                 response.headers_mut().entry(X_REQUEST_ID).or_insert(id);
             }
