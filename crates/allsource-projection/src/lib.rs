@@ -156,9 +156,10 @@ pub struct EntitySnapshots {
 }
 
 impl Default for EntitySnapshots {
-    /// [`MAP_SHARDS`](allsource_core_types::MAP_SHARDS) shards, not the default 4 per core: a shard that outgrows its table moves
-    /// every entry while it holds the shard's lock, and the publisher, which every
-    /// append waits for, is the one inserting.
+    /// [`MAP_SHARDS`](allsource_core_types::MAP_SHARDS) shards, not the default 4 per
+    /// core: a shard that outgrows its table moves every entry while it holds the
+    /// shard's lock, and the publisher, which every append waits for, is the one
+    /// inserting.
     fn default() -> Self {
         EntitySnapshots {
             snapshots: DashMap::with_hasher_and_shard_amount(
