@@ -30,10 +30,11 @@
 //! `export` (Parquet and Arrow exports, streamed from a blocking thread), `routes`
 //! (the router), `guard` (the one middleware around every route: request id and
 //! span, key check, request limits, panic catcher, metrics), [`auth`] (API keys),
-//! [`limits`] (request slots and time limits), [`tls`] (serving over TLS with rustls), [`write_timeout`] (closing
-//! connections whose client stopped reading), `stream` (subscriptions: catch-up, then
-//! live events, as NDJSON or Server-Sent Events) and [`metrics`] (`GET /metrics` for
-//! Prometheus, request ids and the request span).
+//! [`limits`] (request slots and time limits), [`tls`] (serving over TLS with
+//! rustls), [`write_timeout`] (closing connections whose client stopped reading),
+//! `stream` (subscriptions: catch-up, then live events, as NDJSON or Server-Sent
+//! Events) and [`metrics`] (`GET /metrics` for Prometheus, and the request id and route
+//! kinds the guard's span and figures use).
 
 pub mod auth;
 pub mod config;
