@@ -21,6 +21,7 @@ pub mod baseline;
 mod bodies;
 mod client;
 mod report;
+mod server_view;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -200,16 +201,14 @@ async fn run_scenarios(
             }
             Scenario::Append => {
                 eprintln!("load: {}", report::APPEND);
-                let note = format!("--sync {}", options.sync.name());
                 let cpu = CpuMeter::start(&server);
-                let outcome = run_loop(addr, options, None, note, append_call()).await;
+                let outcome = append_scenario(addr, options, None, append_call()).await;
                 rows.push(Row { name: report::APPEND.to_string(), outcome: server.check(outcome, &cpu) });
             }
             Scenario::Batch => {
                 eprintln!("load: {}", report::BATCH);
-                let note = format!("--sync {}", options.sync.name());
                 let cpu = CpuMeter::start(&server);
-                let outcome = run_loop(addr, options, Some(BATCH_EVENTS), note, batch_call()).await;
+                let outcome = append_scenario(addr, options, Some(BATCH_EVENTS), batch_call()).await;
                 rows.push(Row { name: report::BATCH.to_string(), outcome: server.check(outcome, &cpu) });
             }
             Scenario::Subscribe => {
@@ -268,6 +267,35 @@ fn batch_call() -> Arc<MakeCall> {
     })
 }
 
+/// An append scenario, with what the server's `/metrics` say of the same window
+/// (warm-up included, as for the CPU figures). A failed reading leaves that view out,
+/// not the scenario.
+async fn append_scenario(
+    addr: SocketAddr,
+    options: &Options,
+    events_per_call: Option<u64>,
+    make_call: Arc<MakeCall>,
+) -> Outcome {
+    let note = format!("--sync {}", options.sync.name());
+    let before = server_view::Counters::read(addr).await;
+    let started = Instant::now();
+    let outcome = run_loop(addr, options, events_per_call, note, make_call).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let after = server_view::Counters::read(addr).await;
+    match (outcome, before, after) {
+        (Outcome::Measured(mut measured), Ok(before), Ok(after)) => {
+            measured.server = server_view::ServerView::between(&before, &after, seconds);
+            Outcome::Measured(measured)
+        }
+        (outcome, before, after) => {
+            if let Some(error) = before.err().or(after.err()) {
+                eprintln!("load: could not read the server's /metrics: {error:#}");
+            }
+            outcome
+        }
+    }
+}
+
 /// One closed-loop scenario over `options.connections` connections.
 async fn run_loop(
     addr: SocketAddr,
@@ -286,6 +314,7 @@ async fn run_loop(
             latency: Summary::of(&stats.latency),
             note,
             cpu: None,
+            server: None,
         }),
         Err(error) => Outcome::Failed(format!("{error:#}")),
     }
@@ -429,6 +458,7 @@ async fn type_queries(addr: SocketAddr, options: &Options, types: [&'static str;
                 bodies::n_of_type(event_type, options.n_events)
             ),
             cpu: None,
+            server: None,
         }),
         None => Outcome::Failed("no turn ran".to_string()),
     };
@@ -581,6 +611,7 @@ async fn subscribe(addr: SocketAddr, options: &Options, loaded: bool) -> Result<
         latency: Summary::of(&delays),
         note,
         cpu: None,
+        server: None,
     }))
 }
 

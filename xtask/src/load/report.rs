@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::args::Options;
 use super::client::Summary;
+use super::server_view::ServerView;
 use crate::text::{format_rate, render};
 
 /// The rows' names, as the table and the JSON file show them.
@@ -61,6 +62,8 @@ pub struct Measured {
     /// CPU time the server and the load client used over the scenario (warm-up
     /// included), in cores: 1.0 is one core busy the whole time.
     pub cpu: Option<CpuShare>,
+    /// What the server's own metrics say of the same window (append scenarios).
+    pub server: Option<ServerView>,
 }
 
 /// CPU used by each side of a scenario, in cores.
@@ -315,6 +318,31 @@ pub fn render_report(rows: &[Row], preload: Option<&Preload>, options: &Options,
     out.push_str(&render(&header, &table));
     let _ = writeln!(out);
 
+    let views: Vec<Vec<String>> = rows
+        .iter()
+        .filter_map(|row| Some((row, row.measured()?.server?)))
+        .map(|(row, view)| {
+            vec![
+                row.name.clone(),
+                format_rate(view.syncs_per_second),
+                format_microseconds(view.sync_mean_us),
+                format!("{:.1}", view.events_per_sync),
+                format_microseconds(view.append_mean_us),
+            ]
+        })
+        .collect();
+    if !views.is_empty() {
+        let header = ["in the server", "syncs/s", "sync mean", "events/sync", "append mean"];
+        out.push_str(&render(&header, &views));
+        let _ = writeln!(
+            out,
+            "From the server's /metrics over the same window: the WAL's fdatasync calls, and an append's\n\
+             time from the server's request guard to its response. The rest of the client's latency is\n\
+             spent outside the server: in the client, the sockets and waiting for a core."
+        );
+        let _ = writeln!(out);
+    }
+
     let checks = checks(rows, preload);
     let n_checked = checks.iter().filter(|c| c.met.is_some()).count();
     let n_met = checks.iter().filter(|c| c.met == Some(true)).count();
@@ -371,6 +399,10 @@ pub fn to_json(
                 "first_error": m.first_error, "note": m.note,
                 "cpu_cores": m.cpu.map(|c| json!({
                     "server": c.server_cores, "client": c.client_cores, "other": c.other_cores,
+                })),
+                "server": m.server.map(|v| json!({
+                    "syncs_per_second": v.syncs_per_second, "sync_mean_us": v.sync_mean_us,
+                    "events_per_sync": v.events_per_sync, "append_mean_us": v.append_mean_us,
                 })),
                 "latency_us": {
                     "p50": m.latency.p50_us, "p99": m.latency.p99_us, "p999": m.latency.p999_us,
@@ -453,6 +485,12 @@ mod tests {
                 latency,
                 note: String::new(),
                 cpu: Some(CpuShare { server_cores: 1.25, client_cores: 0.5, other_cores: 0.0 }),
+                server: (name == APPEND).then_some(ServerView {
+                    syncs_per_second: 2_500.0,
+                    sync_mean_us: 280.0,
+                    events_per_sync: 16.0,
+                    append_mean_us: 900.0,
+                }),
             }),
         }
     }
@@ -521,12 +559,17 @@ mod tests {
         assert!(text.contains("2 of 5 targets met."), "{text}");
         assert!(text.contains("share this machine's 2 cores"), "{text}");
         assert!(text.contains("1.25/0.50/0.00"), "{text}");
+        let server_line = text.lines().find(|line| line.starts_with("append ") && line.contains("280 µs"));
+        assert!(server_line.is_some_and(|line| line.contains("2.5K") && line.contains("16.0")), "{text}");
+        assert!(text.contains("900 µs"), "{text}");
 
         let saved = to_json(&rows, Some(&preload), &options(), 2, 1_000);
         assert_eq!(saved["scenarios"][1]["calls_per_second"], 40_000.0);
         assert_eq!(saved["scenarios"][2]["events_per_second"], 29_900.0);
         assert_eq!(saved["scenarios"][5]["status"], "failed");
         assert_eq!(saved["scenarios"][0]["cpu_cores"]["server"], 1.25);
+        assert_eq!(saved["scenarios"][1]["server"]["events_per_sync"], 16.0);
+        assert_eq!(saved["scenarios"][0]["server"], Value::Null);
         assert_eq!(saved["preload"]["events_per_second"], 200_000.0);
         assert_eq!(saved["checks"].as_array().unwrap().len(), 6);
     }
