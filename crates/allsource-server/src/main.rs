@@ -57,8 +57,22 @@ fn tune_allocator() {
 /// How long requests in flight may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Runs the server; a failure (a data directory that is locked or damaged, a port in
+/// use, a bad option value) is printed as one line with its causes, and the exit code
+/// is 1. Not as `main`'s `Err`, which would add a backtrace when `RUST_BACKTRACE` is
+/// set: a refused start is for the operator to fix, not a bug.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     tune_allocator();
     let config = Config::parse();
     let logs = tracing_subscriber::fmt()

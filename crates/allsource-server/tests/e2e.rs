@@ -190,14 +190,18 @@ fn data_directory_survives_restart_and_is_locked() {
     let before = all_events(&server);
     let state = ok(&server, Req::get("/api/v1/entities/order%2F7/state"), 200);
 
-    // A second server on the same directory exits with a clear error and writes nothing.
+    // A second server on the same directory exits 1 with a clear error and writes
+    // nothing: one line, with no backtrace even where backtraces are asked for.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_allsource"))
         .args(["--addr", "127.0.0.1:0", "--data-dir", data])
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap();
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("in use"), "{stderr}");
+    let error_line = stderr.lines().find(|line| line.starts_with("Error: "));
+    assert!(error_line.is_some_and(|line| line.contains("in use")), "{stderr}");
+    assert!(!stderr.contains("backtrace") && !stderr.contains("Backtrace"), "{stderr}");
 
     server.signal("TERM");
     assert!(server.wait_exit(STARTUP_TIMEOUT).success());

@@ -526,12 +526,20 @@ fn restart_after_kill(
     let server = Server::start_with(args);
     let startup = server.startup_log.join("\n");
     for leftover in &image.leftovers {
+        // The line names what the crash interrupted.
+        let interrupted = if leftover == "MANIFEST.tmp" {
+            "interrupted manifest update"
+        } else if leftover == "CHECKPOINT.tmp" {
+            "interrupted checkpoint"
+        } else {
+            "interrupted seal or merge"
+        };
         assert!(
-            has_line(&server, &["removing a file left by an interrupted seal", leftover]),
-            "{ctx}: {leftover} was not removed with a log line:\n{startup}"
+            has_line(&server, &["removing a file left by an", interrupted, leftover]),
+            "{ctx}: {leftover} was not removed with a log line naming an {interrupted}:\n{startup}"
         );
     }
-    let removals = server.startup_log.iter().filter(|l| l.contains("left by an interrupted seal")).count();
+    let removals = server.startup_log.iter().filter(|l| l.contains("removing a file left by an")).count();
     assert_eq!(removals, image.leftovers.len(), "{ctx}: files removed at start-up:\n{startup}");
     let sealed = sealed_position(&server, ctx);
     let log = events_after(&server, 0, ctx);

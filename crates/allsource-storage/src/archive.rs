@@ -30,6 +30,25 @@ const MANIFEST_FORMAT: u32 = 1;
 /// The suffix of files being written, which recovery removes.
 const TEMP_SUFFIX: &str = ".tmp";
 
+/// What a crash interrupted, if `name` (in the data directory or `chunks/`) is a file
+/// it left: a temporary file, or a chunk file the manifest does not list
+/// (`unlisted_chunk`). Chunk files are written by seals and by merges alike.
+fn leftover_of(name: &str, unlisted_chunk: bool) -> Option<&'static str> {
+    if unlisted_chunk {
+        return Some("seal or merge (a chunk the manifest does not list)");
+    }
+    let written = name.strip_suffix(TEMP_SUFFIX)?;
+    Some(if written == MANIFEST_FILE {
+        "manifest update"
+    } else if written == CHECKPOINT_FILE {
+        "checkpoint"
+    } else if written.ends_with(".parquet") {
+        "seal or merge"
+    } else {
+        "write"
+    })
+}
+
 /// One sealed chunk: a Parquet file holding the events `first_position..=last_position`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkEntry {
@@ -218,11 +237,11 @@ impl Archive {
         {
             let names = names.map_err(|e| storage_error(format!("cannot list {}: {e}", dir.display())))?;
             for name in names {
-                let leftover = name.ends_with(TEMP_SUFFIX)
-                    || (dir == &chunks_dir && name.ends_with(".parquet") && !listed.contains(&name));
-                if leftover {
+                let unlisted_chunk =
+                    dir == &chunks_dir && name.ends_with(".parquet") && !listed.contains(&name);
+                if let Some(interrupted) = leftover_of(&name, unlisted_chunk) {
                     let path = dir.join(&name);
-                    tracing::warn!(file = %path.display(), "removing a file left by an interrupted seal");
+                    tracing::warn!(file = %path.display(), "removing a file left by an interrupted {interrupted}");
                     self.fs
                         .remove(&path)
                         .map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
@@ -503,5 +522,27 @@ impl Write for &mut CountingWriter {
 
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leftover_names_what_was_interrupted() {
+        assert_eq!(leftover_of("MANIFEST.tmp", false), Some("manifest update"));
+        assert_eq!(leftover_of("CHECKPOINT.tmp", false), Some("checkpoint"));
+        assert_eq!(
+            leftover_of("00000000000000000001-00000000000000065536.parquet.tmp", false),
+            Some("seal or merge")
+        );
+        let unlisted = leftover_of("00000000000000000001-00000000000000065536.parquet", true);
+        assert!(unlisted.is_some_and(|what| what.starts_with("seal or merge")), "{unlisted:?}");
+        assert_eq!(leftover_of("other.tmp", false), Some("write"));
+        // Not leftovers: the manifest, a listed chunk, the WAL's directory.
+        assert_eq!(leftover_of("MANIFEST", false), None);
+        assert_eq!(leftover_of("00000000000000000001-00000000000000065536.parquet", false), None);
+        assert_eq!(leftover_of("wal", false), None);
     }
 }
