@@ -6,6 +6,7 @@
 //! Only parsing happens here: the rules an event or a query must obey are checked by
 //! the engine (`allsource-core-types`), once.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
@@ -18,9 +19,11 @@ use axum::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use percent_encoding::percent_decode_str;
-use serde::de::DeserializeOwned;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{
+    DeserializeOwned, DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::error::AppError;
 
@@ -534,15 +537,10 @@ fn parse_event(text: &[u8]) -> Result<RawNewEvent<'_>, String> {
     }
 }
 
-/// `{"events": [...]}`: each item is kept as raw text by the first pass and parsed
-/// into an event by the second, so that no item is parsed twice and an error names
-/// its item.
+/// `{"events": [...]}`, read in one pass: each item is parsed into an event as the
+/// array is read, so no byte is scanned twice, and an error inside the array names its
+/// item (its index, from 0). Other members of the object are ignored.
 fn parse_json_batch(bytes: &[u8]) -> Result<Vec<RawNewEvent<'_>>, AppError> {
-    #[derive(Deserialize)]
-    struct RawBatch<'a> {
-        #[serde(borrow)]
-        events: Vec<&'a RawValue>,
-    }
     let not_a_batch = |e: &dyn std::fmt::Display| {
         AppError::from(Error::InvalidEvent(format!("the body is not a batch ({{\"events\": [...]}}): {e}")))
     };
@@ -550,17 +548,115 @@ fn parse_json_batch(bytes: &[u8]) -> Result<Vec<RawNewEvent<'_>>, AppError> {
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(not_a_batch(&"expected a JSON object"));
     }
-    let batch = serde_json::from_slice::<RawBatch<'_>>(bytes).map_err(|e| not_a_batch(&e))?;
-    batch
-        .events
-        .iter()
-        .enumerate()
-        .map(|(index, raw)| {
-            parse_event(raw.get().as_bytes()).map_err(|e| {
-                Error::InvalidEvent(format!("batch item {index}: not a valid event: {e}")).into()
-            })
+    let item = Cell::new(None);
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    BatchSeed { item: &item }
+        .deserialize(&mut deserializer)
+        .and_then(|events| deserializer.end().map(|()| events))
+        .map_err(|e| match item.get() {
+            Some(index) => Error::InvalidEvent(format!("batch item {index}: not a valid event: {e}")).into(),
+            None => not_a_batch(&e),
         })
-        .collect()
+}
+
+/// Reads the batch object; `item` is set to the index of the item being read while
+/// one is, so that an error can name it.
+struct BatchSeed<'c> {
+    item: &'c Cell<Option<usize>>,
+}
+
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
+    type Value = Vec<RawNewEvent<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BatchSeed<'_> {
+    type Value = Vec<RawNewEvent<'de>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object with an \"events\" array")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        #[derive(Deserialize)]
+        #[serde(field_identifier, rename_all = "lowercase")]
+        enum Member {
+            Events,
+            #[serde(other)]
+            Other,
+        }
+        let mut events = None;
+        while let Some(member) = map.next_key::<Member>()? {
+            match member {
+                Member::Events if events.is_some() => return Err(A::Error::duplicate_field("events")),
+                Member::Events => events = Some(map.next_value_seed(ItemsSeed { item: self.item })?),
+                Member::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        events.ok_or_else(|| A::Error::missing_field("events"))
+    }
+}
+
+/// Reads the `events` array, item by item.
+struct ItemsSeed<'c> {
+    item: &'c Cell<Option<usize>>,
+}
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = Vec<RawNewEvent<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed<'_> {
+    type Value = Vec<RawNewEvent<'de>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+        // Not sized by the array's hint: the item limit is the engine's to enforce.
+        let mut events = Vec::new();
+        loop {
+            self.item.set(Some(events.len()));
+            match items.next_element::<EventObject<'de>>()? {
+                Some(EventObject(event)) => events.push(event),
+                None => break,
+            }
+        }
+        self.item.set(None);
+        Ok(events)
+    }
+}
+
+/// One event, which must be a JSON object: serde would also take the fields of
+/// [`RawNewEvent`] as an array (`["user.created", "user-1", {}]`).
+struct EventObject<'de>(RawNewEvent<'de>);
+
+impl<'de> Deserialize<'de> for EventObject<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectOnly;
+        impl<'de> Visitor<'de> for ObjectOnly {
+            type Value = EventObject<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an event (a JSON object)")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawNewEvent::deserialize(MapAccessDeserializer::new(map)).map(EventObject)
+            }
+        }
+        deserializer.deserialize_map(ObjectOnly)
+    }
 }
 
 /// One event per line; blank lines (only whitespace) are skipped and not counted.
@@ -585,6 +681,7 @@ fn parse_ndjson_batch(bytes: &[u8]) -> Result<Vec<RawNewEvent<'_>>, AppError> {
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
+    use serde_json::value::RawValue;
 
     use super::*;
 
@@ -702,6 +799,65 @@ mod tests {
         assert_eq!(err.code(), "InvalidEvent");
         let err = parse_json_batch(br#"{"events": [}"#).unwrap_err();
         assert_eq!(err.code(), "InvalidEvent");
+
+        let item = r#"{"event_type":"t","entity_id":"e","payload":1}"#;
+        let named = |body: String, index: usize| {
+            let err = parse_json_batch(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), "InvalidEvent", "{body}");
+            assert!(err.to_string().starts_with(&format!("batch item {index}: ")), "{body}: {err}");
+        };
+        // An item that is not an object, or is the event's fields as an array.
+        named(format!(r#"{{"events": [{item}, {item}, "x"]}}"#), 2);
+        named(format!(r#"{{"events": [["t", "e", 1], {item}]}}"#), 0);
+        // Broken JSON inside the array names the item it is in.
+        named(format!(r#"{{"events": [{item}, {{"event_type": "t", }}]}}"#), 1);
+        named(
+            format!(r#"{{"events": [{item}, {{"event_type":"t","entity_id":"e","payload":1,"extra":2}}]}}"#),
+            1,
+        );
+        // Errors outside the array name no item.
+        for body in [
+            format!(r#"{{"events": [{item}], "events": [{item}]}}"#),
+            format!(r#"{{"events": [{item}]}} x"#),
+            format!(r#"{{"events": [{item}]"#),
+            format!(r#"{{"items": [{item}]}}"#),
+            format!(r#"[{item}]"#),
+        ] {
+            let err = parse_json_batch(body.as_bytes()).unwrap_err();
+            assert_eq!(err.code(), "InvalidEvent", "{body}");
+            assert!(err.to_string().starts_with("the body is not a batch"), "{body}: {err}");
+        }
+    }
+
+    /// The one pass reads each item as the item alone would be read, borrowing from
+    /// the body; members other than `events` (escaped names too) are handled as a
+    /// derived struct would.
+    #[test]
+    fn a_json_batch_reads_each_item_as_alone() {
+        let items = [
+            r#"{"event_type":"t","entity_id":"e","payload":{"a":[1,2.5,"x"]}}"#,
+            r#"{ "entity_id" : "\u0065-2", "event_type":"t.\"q\"", "payload": "s", "metadata": null }"#,
+            r#"{"event_type":"t","entity_id":"e","payload":null,"metadata":{"m":1},"id":"0190f0c4-6a1e-7c3a-9d4e-1b2c3d4e5f63","expected_version":3}"#,
+        ];
+        let body = format!(r#"{{"x": [1, {{}}], "ev\u0065nts": [{}], "y": null}}"#, items.join(" ,\n"));
+        let events = parse_json_batch(body.as_bytes()).unwrap();
+        assert_eq!(events.len(), items.len());
+        for (event, item) in events.iter().zip(items) {
+            let alone = parse_event(item.as_bytes()).unwrap();
+            assert_eq!(event.event_type, alone.event_type, "{item}");
+            assert_eq!(event.entity_id, alone.entity_id, "{item}");
+            assert_eq!(event.payload.get(), alone.payload.get(), "{item}");
+            assert_eq!(event.metadata.map(RawValue::get), alone.metadata.map(RawValue::get), "{item}");
+            assert_eq!(event.id, alone.id, "{item}");
+            assert_eq!(event.expected_version, alone.expected_version, "{item}");
+        }
+        assert!(
+            matches!(events[0].entity_id, std::borrow::Cow::Borrowed(_)),
+            "ids are borrowed from the body"
+        );
+        assert_eq!(events[1].entity_id, "e-2");
+        assert!(parse_json_batch(br#"{"events": []}"#).unwrap().is_empty());
+        assert!(parse_json_batch(br#"{"events": null}"#).is_err());
     }
 
     #[test]
