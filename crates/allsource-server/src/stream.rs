@@ -539,10 +539,14 @@ impl Producer {
                 self.events_sent += 1;
                 if piece.len() >= piece_bytes {
                     self.send(std::mem::take(&mut piece)).await?;
+                    // Queued: the client gets every matching event up to here, even
+                    // if the stream is cut off before this round ends.
+                    self.covered = self.cursor;
                 }
             }
             if !piece.is_empty() {
                 self.send(piece).await?;
+                self.covered = self.cursor;
             }
             if page.next_after.is_none() {
                 // Nothing else matches up to `ceiling`: later pages start there.

@@ -444,6 +444,9 @@ fn a_stalled_client_is_cut_off_while_appends_go_on() {
     };
     assert!(expected > 1 && expected <= 10_000, "cut off after {} events", expected - 1);
     assert_eq!(error["error"]["code"], "SubscriberTooSlow", "{error}");
+    // It names the last event sent: resuming there repeats nothing and skips nothing.
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.ends_with(&format!("resume after position {}", expected - 1)), "{error}");
     assert!(stalled.next_line().is_none(), "the error line is the last");
     assert_eq!(stats(&server)["total_events"], 10_001);
     drop(stalled);
