@@ -6,6 +6,8 @@
 //! parsed `serde_json::Value`. A `Json` is made from a `Value` (serialized once, at
 //! the edge) or from text checked to be JSON, so it always holds valid, compact JSON.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -94,10 +96,28 @@ impl Json {
         RawValue::from_string(compact).map(Json)
     }
 
-    /// Whether the two texts are the same JSON value (as `Value`s: object keys in any
-    /// order); equal texts are, without parsing.
+    /// Whether the two texts are the same JSON value: object keys in any order (the
+    /// last of a repeated key counts), strings compared after their escapes, integers
+    /// by their digits (exactly, however long), other numbers as the doubles they read
+    /// as (to the last bit: `-0.0` is not `0.0`); an integer is never the same as a
+    /// number with a fraction or an exponent (`1` and `1.0` differ). Equal texts are
+    /// the same without being read.
+    ///
+    /// ```
+    /// use allsource_core_types::Json;
+    /// let json = |text: &str| Json::from_compact_text(text.to_string()).unwrap();
+    /// assert!(json(r#"{"a":1,"b":"x"}"#).same_value(&json(r#"{"b":"\u0078","a":1}"#)));
+    /// assert!(json("1.5").same_value(&json("15e-1")));
+    /// assert!(!json("123456789012345678901234567890").same_value(&json("123456789012345678901234567891")));
+    /// assert!(!json("-0.0").same_value(&json("0.0")));
+    /// assert!(!json("1").same_value(&json("1.0")));
+    /// ```
     pub fn same_value(&self, other: &Json) -> bool {
-        self == other || self.to_value() == other.to_value()
+        self == other
+            || matches!(
+                (Canonical::read(self.as_str()), Canonical::read(other.as_str())),
+                (Some(a), Some(b)) if a == b
+            )
     }
 
     /// The empty object, `{}`: the metadata of every event sent without any, so a copy
@@ -189,6 +209,165 @@ impl Scan {
             i += 1;
         }
         scan
+    }
+}
+
+/// A JSON value read for comparison ([`Json::same_value`]): `serde_json::Value` would
+/// turn an integer beyond 64 bits into a double and lose its last digits.
+#[derive(Debug, PartialEq)]
+enum Canonical<'a> {
+    Null,
+    Bool(bool),
+    /// A number without fraction or exponent, by its text (JSON allows no leading
+    /// zeros, so equal integers have equal texts).
+    Integer(&'a str),
+    /// Any other number, by the bits of the double it reads as.
+    Float(u64),
+    String(Cow<'a, str>),
+    Array(Vec<Canonical<'a>>),
+    /// The last of a repeated key counts, as when parsing into a `Value`.
+    Object(BTreeMap<Cow<'a, str>, Canonical<'a>>),
+}
+
+impl<'a> Canonical<'a> {
+    /// Deeper nesting than a stored text can have is refused, never followed down the
+    /// stack.
+    const DEPTH_MAX: usize = 256;
+
+    /// The value of `text`, or `None` if it is not one JSON value.
+    fn read(text: &'a str) -> Option<Canonical<'a>> {
+        let mut reader = CanonicalReader { text, at: 0 };
+        let value = reader.value(0)?;
+        reader.skip_whitespace();
+        (reader.at == text.len()).then_some(value)
+    }
+}
+
+struct CanonicalReader<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> CanonicalReader<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> bool {
+        self.skip_whitespace();
+        let found = self.peek() == Some(byte);
+        if found {
+            self.at += 1;
+        }
+        found
+    }
+
+    fn value(&mut self, depth: usize) -> Option<Canonical<'a>> {
+        if depth > Canonical::DEPTH_MAX {
+            return None;
+        }
+        self.skip_whitespace();
+        match self.peek()? {
+            b'{' => {
+                self.at += 1;
+                let mut members = BTreeMap::new();
+                if self.eat(b'}') {
+                    return Some(Canonical::Object(members));
+                }
+                loop {
+                    self.skip_whitespace();
+                    let key = self.string()?;
+                    if !self.eat(b':') {
+                        return None;
+                    }
+                    members.insert(key, self.value(depth + 1)?);
+                    if self.eat(b'}') {
+                        return Some(Canonical::Object(members));
+                    }
+                    if !self.eat(b',') {
+                        return None;
+                    }
+                }
+            }
+            b'[' => {
+                self.at += 1;
+                let mut items = Vec::new();
+                if self.eat(b']') {
+                    return Some(Canonical::Array(items));
+                }
+                loop {
+                    items.push(self.value(depth + 1)?);
+                    if self.eat(b']') {
+                        return Some(Canonical::Array(items));
+                    }
+                    if !self.eat(b',') {
+                        return None;
+                    }
+                }
+            }
+            b'"' => self.string().map(Canonical::String),
+            b't' => self.literal("true", Canonical::Bool(true)),
+            b'f' => self.literal("false", Canonical::Bool(false)),
+            b'n' => self.literal("null", Canonical::Null),
+            _ => self.number(),
+        }
+    }
+
+    fn literal(&mut self, word: &str, value: Canonical<'a>) -> Option<Canonical<'a>> {
+        self.text[self.at..].starts_with(word).then(|| {
+            self.at += word.len();
+            value
+        })
+    }
+
+    /// A string, its escapes decoded (by serde_json, only when it has any).
+    fn string(&mut self) -> Option<Cow<'a, str>> {
+        let start = self.at;
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        self.at += 1;
+        let mut escaped = false;
+        loop {
+            let byte = self.peek()?;
+            self.at += 1;
+            match byte {
+                b'\\' => {
+                    escaped = true;
+                    self.at += 1;
+                }
+                b'"' => break,
+                _ => {}
+            }
+        }
+        let quoted = self.text.get(start..self.at)?;
+        if escaped {
+            serde_json::from_str::<String>(quoted).ok().map(Cow::Owned)
+        } else {
+            quoted.get(1..quoted.len() - 1).map(Cow::Borrowed)
+        }
+    }
+
+    fn number(&mut self) -> Option<Canonical<'a>> {
+        let start = self.at;
+        while matches!(self.peek(), Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
+            self.at += 1;
+        }
+        let text = &self.text[start..self.at];
+        if text.is_empty() || !text.bytes().any(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        if text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+            text.parse::<f64>().ok().filter(|f| f.is_finite()).map(|f| Canonical::Float(f.to_bits()))
+        } else {
+            Some(Canonical::Integer(text))
+        }
     }
 }
 
@@ -401,6 +580,77 @@ mod tests {
         assert!(compact(r#"{"b":[2],"a":1}"#).same_value(&Json::from(json!({"a": 1, "b": [2]}))));
         assert!(!compact(r#"{"a":1}"#).same_value(&compact(r#"{"a":1.0}"#)));
         assert!(!compact(r#"{"a":1}"#).same_value(&compact(r#"{"a":2}"#)));
+    }
+
+    /// Integers compare by every digit, other numbers as doubles to the last bit;
+    /// strings after their escapes; a repeated key by its last value.
+    #[test]
+    fn same_value_is_exact() {
+        let same = |a: &str, b: &str| {
+            let json =
+                |text: &str| Json::compact(&serde_json::from_str::<Box<RawValue>>(text).unwrap()).unwrap();
+            let (a, b) = (json(a), json(b));
+            assert_eq!(a.same_value(&b), b.same_value(&a), "{a:?} {b:?}");
+            a.same_value(&b)
+        };
+        let big = "123456789012345678901234567890";
+        assert!(same(&format!(r#"{{"n":{big}}}"#), &format!(r#"{{ "n" : {big} }}"#)));
+        assert!(!same(&format!(r#"{{"n":{big}}}"#), r#"{"n":123456789012345678901234567891}"#));
+        assert!(!same("18446744073709551616", "18446744073709551617"));
+        assert!(!same("-9223372036854775809", "-9223372036854775808"));
+        assert!(!same("9007199254740993", "9007199254740992"));
+        assert!(!same("-0.0", "0.0"));
+        assert!(!same("-0", "0"));
+        assert!(same("0.0", "0.00"));
+        assert!(same("1.5", "15e-1"));
+        assert!(same("1E2", "100.0"));
+        assert!(same("0.1", "0.10000000000000001"), "the same double");
+        assert!(!same("0.1", "0.1000000000000001"));
+        assert!(!same("1", "1.0"));
+        assert!(!same("1", r#""1""#));
+        assert!(same(r#"{"a":"x\ny","\u0062":[1,{"c":null}]}"#, r#"{"b":[1,{"c":null}],"a":"x\u000ay"}"#));
+        assert!(same(r#"{"a":1,"a":2}"#, r#"{"a":2}"#));
+        assert!(!same(r#"{"a":1,"a":2}"#, r#"{"a":1}"#));
+        assert!(!same("[1,2]", "[2,1]"));
+        assert!(!same("[1]", "[1,1]"));
+        assert!(!same(r#"{"a":1}"#, r#"{"a":1,"b":1}"#));
+        assert!(!same("true", "false"));
+        assert!(same(r#""\ud83d\ude00""#, "\"\u{1F600}\""));
+        // Not one JSON value: never the same as anything else.
+        assert!(Canonical::read("1 2").is_none());
+        assert!(Canonical::read(r#"{"a":}"#).is_none());
+        assert!(Canonical::read(r#""open"#).is_none());
+        assert!(Canonical::read(r#""\"#).is_none());
+        assert!(Canonical::read("-").is_none());
+        assert!(Canonical::read(&"[".repeat(300)).is_none());
+    }
+
+    proptest::proptest! {
+        /// On any value, the comparison agrees with `Value`'s equality wherever a
+        /// `Value` keeps every digit; and a value is the same as itself rewritten.
+        #[test]
+        fn same_value_agrees_with_values(a in json_text(), b in json_text()) {
+            let parse = |text: &str| serde_json::from_str::<Box<RawValue>>(text).ok().and_then(|raw| Json::compact(&raw).ok());
+            if let (Some(a), Some(b)) = (parse(&a), parse(&b)) {
+                let (va, vb) = (a.to_value(), b.to_value());
+                proptest::prop_assert!(a.same_value(&Json::from(va.clone())) || has_lossy_number(&va), "{:?}", a);
+                if !has_lossy_number(&va) && !has_lossy_number(&vb) {
+                    proptest::prop_assert_eq!(a.same_value(&b), va == vb, "{:?} {:?}", a, b);
+                }
+            }
+        }
+    }
+
+    /// Whether `value` holds a number a `Value` may not keep exactly (a float: its
+    /// text may differ from the double's, or be a negative zero; an integer that did
+    /// not fit 64 bits became one).
+    fn has_lossy_number(value: &Value) -> bool {
+        match value {
+            Value::Number(n) => n.is_f64(),
+            Value::Array(items) => items.iter().any(has_lossy_number),
+            Value::Object(members) => members.values().any(has_lossy_number),
+            _ => false,
+        }
     }
 
     #[test]

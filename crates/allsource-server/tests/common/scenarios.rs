@@ -640,6 +640,20 @@ pub fn idempotent_retry(c: &impl Client) {
     assert_eq!(batch["events"][0]["position"], first["position"]);
     assert_eq!(batch["events"][1]["version"], 2);
     assert_eq!(stats(c)["total_events"], before["total_events"].as_u64().unwrap() + 1);
+
+    // Numbers are compared exactly: every digit of an integer beyond 64 bits, a float
+    // to the last bit (its sign of zero too); the text as written is what was stored.
+    let raw = |id: &str, payload: &str| {
+        let text = format!(r#"{{"event_type":"t","entity_id":"exact","payload":{payload},"id":"{id}"}}"#);
+        Req::post("/api/v1/events", Some("application/json"), text)
+    };
+    let big = "0190f0c4-6a1e-7c3a-9d4e-1b2c3d4e5f71";
+    let stored = ok(c, raw(big, r#"{"n":123456789012345678901234567890,"z":-0.0}"#), 201);
+    let total = stats(c)["total_events"].clone();
+    assert_eq!(ok(c, raw(big, r#"{"z":-0.0, "n":123456789012345678901234567890}"#), 200), stored);
+    check(c, raw(big, r#"{"n":123456789012345678901234567891,"z":-0.0}"#), 409, "DuplicateEventId");
+    check(c, raw(big, r#"{"n":123456789012345678901234567890,"z":0.0}"#), 409, "DuplicateEventId");
+    assert_eq!(stats(c)["total_events"], total);
 }
 
 pub fn batch_append(c: &impl Client) {
