@@ -580,9 +580,6 @@ impl Inner {
         let item_error =
             |error: Error, index: usize| if is_batch { error.at_batch_item(index) } else { error };
         let mut sequencer = self.sequencer.lock();
-        if let Some(error) = self.failure() {
-            return Err(error);
-        }
         let timestamp = Timestamp::now().max(sequencer.last_timestamp);
         // Versions and ids taken by earlier items of this batch (unused for one event).
         // Sized once: grown insert by insert, it would rehash six times in a 100-event batch.
@@ -666,9 +663,15 @@ impl Inner {
             decisions.push(Decision::New(event));
         }
         let target = decisions.iter().map(|d| d.event().position).max().unwrap_or(0);
+        // A read-only store still answers what needs no write: a retry of stored events
+        // (its ticket fails if one of them never became durable), and the refusals
+        // above, which a client must see rather than a storage error.
         if new_events.is_empty() {
             drop(sequencer);
             return Ok((decisions, self.ticket(target)));
+        }
+        if let Some(error) = self.failure() {
+            return Err(error);
         }
 
         // Every check passed: the batch is in. Record it, invisible to readers until

@@ -146,6 +146,20 @@ fn a_failed_commit_makes_the_store_read_only_and_reads_keep_working() {
     let error = store.ingest(Event::new("t".into(), "e".into(), json!({"a": 3}))).unwrap_err();
     assert_eq!(error.status(), 503, "the store must stay read-only until reopened");
     assert!(store.stats().read_only);
+    // What needs no write is still answered: a retry of a stored event, a conflict, a
+    // duplicate id; a batch with one new event is refused whole.
+    let retry = store.append(Event::new("t".into(), "e".into(), json!({"a": 1})).with_id(kept.id)).unwrap();
+    assert!(!retry.created);
+    assert_eq!(retry.event, kept);
+    let stale = Event::new("t".into(), "e".into(), json!({"a": 4})).with_expected_version(0);
+    assert_eq!(store.append(stale).unwrap_err().code(), "ConcurrencyConflict");
+    let changed = Event::new("t".into(), "e".into(), json!({"a": 5})).with_id(kept.id);
+    assert_eq!(store.append(changed).unwrap_err().code(), "DuplicateEventId");
+    let batch = vec![
+        Event::new("t".into(), "e".into(), json!({"a": 1})).with_id(kept.id),
+        Event::new("t".into(), "e".into(), json!({"a": 6})),
+    ];
+    assert_eq!(store.append_batch(batch).unwrap_err().code(), "StorageError");
     assert_eq!(store.get_event(kept.id).unwrap(), kept);
     assert_eq!(store.snapshot("e").unwrap().state, json!({"a": 1}));
     assert_eq!(store.stats().total_events, 1);
