@@ -15,7 +15,7 @@ use allsource_core::limits::REQUEST_BYTES_MAX;
 use allsource_core::{Error, IntoProposal, ProposedEvent, QueryEventsRequest, RawNewEvent, Timestamp, Uuid};
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
-use axum::http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
+use axum::http::header::{ACCEPT, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use percent_encoding::percent_decode_str;
@@ -435,6 +435,19 @@ fn body_format(headers: &HeaderMap, ndjson_allowed: bool) -> Result<BodyFormat, 
             String::from_utf8_lossy(value.as_bytes())
         ))
     };
+    // No content coding is decoded: a compressed body would be read as if it were
+    // not (RFC 9110, 8.4.1: answer 415 to a coding the server does not accept).
+    for coding in headers.get_all(CONTENT_ENCODING) {
+        let identity = coding.to_str().is_ok_and(|coding| {
+            coding.split(',').all(|c| c.trim().is_empty() || c.trim().eq_ignore_ascii_case("identity"))
+        });
+        if !identity {
+            return Err(AppError::UnsupportedMediaType(format!(
+                "Content-Encoding {:?} is not supported; send the body uncompressed",
+                String::from_utf8_lossy(coding.as_bytes())
+            )));
+        }
+    }
     let text = value.to_str().map_err(|_| unsupported())?;
     let mut parts = text.split(';');
     let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();

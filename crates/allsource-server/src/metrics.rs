@@ -248,7 +248,8 @@ pub(crate) enum RouteKind {
     Append(&'static str),
     /// A read under `/api/` (a query, a get, a state, an export, ...), by its template.
     Query(String),
-    /// Anything else: `/health`, `/metrics`, subscriptions, unknown routes.
+    /// Anything else: `/health`, `/metrics`, subscriptions, unknown routes, reads of
+    /// the append routes (405).
     Other,
 }
 
@@ -258,7 +259,11 @@ impl RouteKind {
         match (method, template) {
             (&Method::POST, APPEND_ROUTE) => RouteKind::Append(APPEND_ROUTE),
             (&Method::POST, APPEND_BATCH_ROUTE) => RouteKind::Append(APPEND_BATCH_ROUTE),
-            (&Method::GET | &Method::HEAD, _) if template.starts_with("/api/") && template != STREAM_PATH => {
+            // The append routes answer a read with 405: not a query.
+            (&Method::GET | &Method::HEAD, _)
+                if template.starts_with("/api/")
+                    && ![STREAM_PATH, APPEND_ROUTE, APPEND_BATCH_ROUTE].contains(&template) =>
+            {
                 RouteKind::Query(template.to_string())
             }
             _ => RouteKind::Other,
@@ -455,6 +460,8 @@ mod tests {
         check(Method::GET, "/health", RouteKind::Other);
         check(Method::GET, "/metrics", RouteKind::Other);
         check(Method::PUT, "/api/v1/events", RouteKind::Other);
+        check(Method::GET, "/api/v1/events", RouteKind::Other);
+        check(Method::HEAD, "/api/v1/events/batch", RouteKind::Other);
     }
 
     #[test]
