@@ -291,16 +291,28 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryFormat {
     }
 }
 
-/// The query string of `GET /api/v1/entities/{entity_id}/state`: an optional `as_of`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AsOfQuery(pub Option<Timestamp>);
+/// The query string of `GET /api/v1/entities/{entity_id}/state`: an optional `as_of`,
+/// as the time it means and as the text the client gave (which the answer echoes; a
+/// `+` that arrived as a space is given back as the `+` it was).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsOfQuery(pub Option<(Timestamp, String)>);
 
 impl<S: Send + Sync> FromRequestParts<S> for AsOfQuery {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
         let mut params = QueryParams::from_request_parts(parts, state).await?;
-        let as_of = params.take("as_of")?.map(|v| parse_timestamp("as_of", &v, Bound::Upper)).transpose()?;
+        let as_of = match params.take("as_of")? {
+            None => None,
+            Some(text) => {
+                let at = parse_timestamp("as_of", &text, Bound::Upper)?;
+                let echo = match Timestamp::parse_upper_bound(&text) {
+                    Ok(_) => text,
+                    Err(_) => text.replace(' ', "+"),
+                };
+                Some((at, echo))
+            }
+        };
         params.finish()?;
         Ok(AsOfQuery(as_of))
     }

@@ -265,7 +265,27 @@ pub(crate) async fn entity_state(
     PathParams(entity_id): PathParams<String>,
     AsOfQuery(as_of): AsOfQuery,
 ) -> Result<Response, AppError> {
-    Ok(Json(store.reconstruct_state(&entity_id, as_of)?).into_response())
+    let Some((at, text)) = as_of else {
+        return Ok(Json(store.reconstruct_state(&entity_id, None)?).into_response());
+    };
+    let state = store.reconstruct_state(&entity_id, Some(at))?;
+    // `as_of` echoes the parameter as given, not the time it was read as.
+    #[derive(Serialize)]
+    struct StateAsOf<'a> {
+        entity_id: &'a str,
+        state: &'a Value,
+        version: Version,
+        last_event_at: Timestamp,
+        as_of: &'a str,
+    }
+    let body = StateAsOf {
+        entity_id: &state.entity_id,
+        state: &state.state,
+        version: state.version,
+        last_event_at: state.last_event_at,
+        as_of: &text,
+    };
+    Ok(Json(body).into_response())
 }
 
 /// `GET /api/v1/entities/{entity_id}/snapshot`

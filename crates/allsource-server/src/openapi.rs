@@ -387,7 +387,7 @@ pub(crate) mod schema {
         /// The timestamp of the last event applied.
         #[schema(format = DateTime)]
         pub last_event_at: String,
-        /// The `as_of` asked for, normalized (UTC, microseconds); `null` without one.
+        /// The `as_of` parameter as it was given; `null` without one.
         #[schema(format = DateTime, required = true)]
         pub as_of: Option<String>,
     }

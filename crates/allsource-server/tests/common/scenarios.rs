@@ -530,8 +530,12 @@ pub fn as_of_state(c: &impl Client) {
         );
     }
     check(c, Req::get(format!("{path}/state?as_of=2000-01-01T00:00:00Z")), 404, "EntityNotFound");
+    // `as_of` is echoed as given (a `+` sent unencoded, which arrives as a space, too).
     let future = ok(c, Req::get(format!("{path}/state?as_of=2999-01-01T02:00:00%2B02:00")), 200);
-    assert_eq!(future["as_of"], "2999-01-01T00:00:00.000000Z");
+    assert_eq!(future["as_of"], "2999-01-01T02:00:00+02:00");
+    let unencoded = ok(c, Req::get(format!("{path}/state?as_of=2999-01-01T02:00:00.5+02:00")), 200);
+    assert_eq!(unencoded["as_of"], "2999-01-01T02:00:00.5+02:00");
+    assert_eq!(unencoded["state"], states[3]);
     assert_eq!(future["state"], states[3]);
     let current = ok(c, Req::get(format!("{path}/state")), 200);
     assert_eq!(current["as_of"], json!(null));
