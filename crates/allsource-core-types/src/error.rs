@@ -91,7 +91,13 @@ impl Error {
 
     /// The same error, its message prefixed with the index of the batch item it is about.
     pub fn at_batch_item(self, index: usize) -> Error {
-        let prefix = |m: String| format!("batch item {index}: {m}");
+        self.about(&format!("batch item {index}"))
+    }
+
+    /// The same error, its message prefixed with `what` it is about (`batch item 3
+    /// (line 5)`), for the errors about an event; others are returned as they are.
+    pub fn about(self, what: &str) -> Error {
+        let prefix = |m: String| format!("{what}: {m}");
         match self {
             Error::InvalidEvent(m) => Error::InvalidEvent(prefix(m)),
             Error::Validation(m) => Error::Validation(prefix(m)),

@@ -60,15 +60,20 @@ impl<S: Send + Sync> FromRequest<S> for BatchBody {
     async fn from_request(req: Request, _state: &S) -> Result<Self, AppError> {
         let format = body_format(req.headers(), true)?;
         let bytes = read_body(req).await?;
-        let events = match format {
-            BodyFormat::Json => parse_json_batch(&bytes)?,
-            BodyFormat::Ndjson => parse_ndjson_batch(&bytes)?,
+        let proposals = match format {
+            BodyFormat::Json => parse_json_batch(&bytes)?
+                .into_iter()
+                .enumerate()
+                .map(|(index, event)| event.into_proposal().map_err(|e| e.at_batch_item(index)))
+                .collect::<Result<Vec<_>, Error>>()?,
+            BodyFormat::Ndjson => parse_ndjson_batch(&bytes)?
+                .into_iter()
+                .enumerate()
+                .map(|(index, (line, event))| {
+                    event.into_proposal().map_err(|e| e.about(&format!("batch item {index} (line {line})")))
+                })
+                .collect::<Result<Vec<_>, Error>>()?,
         };
-        let proposals = events
-            .into_iter()
-            .enumerate()
-            .map(|(index, event)| event.into_proposal().map_err(|e| e.at_batch_item(index)))
-            .collect::<Result<Vec<_>, Error>>()?;
         Ok(BatchBody(proposals))
     }
 }
@@ -684,16 +689,17 @@ impl<'de> Deserialize<'de> for EventObject<'de> {
     }
 }
 
-/// One event per line; blank lines (only whitespace) are skipped and not counted.
-fn parse_ndjson_batch(bytes: &[u8]) -> Result<Vec<RawNewEvent<'_>>, AppError> {
+/// One event per line, each with its line number (from 1); blank lines (only
+/// whitespace) are skipped and not counted as items.
+fn parse_ndjson_batch(bytes: &[u8]) -> Result<Vec<(usize, RawNewEvent<'_>)>, AppError> {
     bytes
         .split(|&b| b == b'\n')
         .enumerate()
         .filter(|(_, line)| !line.iter().all(u8::is_ascii_whitespace))
         .enumerate()
         .map(|(index, (line_index, line))| {
-            parse_event(line).map_err(|e| {
-                let line_number = line_index + 1;
+            let line_number = line_index + 1;
+            parse_event(line).map(|event| (line_number, event)).map_err(|e| {
                 Error::InvalidEvent(format!(
                     "batch item {index} (line {line_number}): not a valid event: {e}"
                 ))
@@ -809,7 +815,8 @@ mod tests {
         assert!(err.starts_with("batch item 1 (line 4): "), "{err}");
         let ok = parse_ndjson_batch(&body[..body.len() - 21]).unwrap();
         assert_eq!(ok.len(), 1);
-        assert_eq!(ok[0].payload.get(), "1");
+        assert_eq!(ok[0].0, 2, "its line");
+        assert_eq!(ok[0].1.payload.get(), "1");
         assert!(parse_ndjson_batch(b"\n \n").unwrap().is_empty());
     }
 

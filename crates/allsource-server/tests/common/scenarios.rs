@@ -828,6 +828,15 @@ pub fn ndjson_batch(c: &impl Client) {
         "batch item 1",
     );
     assert_eq!(error["current_version"], 3);
+    // A rule broken on a line names the line too (blank lines count as lines, not items).
+    let text = format!("{}\n\n{}\n", lines[2], event("", "t", json!({})));
+    check_message(
+        c,
+        Req::post("/api/v1/events/batch", Some("application/x-ndjson"), text),
+        400,
+        "ValidationError",
+        "batch item 1 (line 3): ",
+    );
     let text = format!("{}\n{{\"events\": []}}\n", lines[2]);
     check_message(
         c,
