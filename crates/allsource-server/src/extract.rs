@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -20,9 +21,7 @@ use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use percent_encoding::percent_decode_str;
 use serde::de::value::MapAccessDeserializer;
-use serde::de::{
-    DeserializeOwned, DeserializeSeed, Deserializer, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::error::AppError;
@@ -571,6 +570,11 @@ fn parse_event(text: &[u8]) -> Result<RawNewEvent<'_>, String> {
 /// array is read, so no byte is scanned twice, and an error inside the array names its
 /// item (its index, from 0). Other members of the object are ignored.
 fn parse_json_batch(bytes: &[u8]) -> Result<Vec<RawNewEvent<'_>>, AppError> {
+    #[derive(Deserialize)]
+    struct RawBatch<'a> {
+        #[serde(borrow)]
+        events: Items<'a>,
+    }
     let not_a_batch = |e: &dyn std::fmt::Display| {
         AppError::from(Error::InvalidEvent(format!("the body is not a batch ({{\"events\": [...]}}): {e}")))
     };
@@ -578,104 +582,61 @@ fn parse_json_batch(bytes: &[u8]) -> Result<Vec<RawNewEvent<'_>>, AppError> {
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(not_a_batch(&"expected a JSON object"));
     }
-    let item = Cell::new(None);
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    BatchSeed { item: &item }
-        .deserialize(&mut deserializer)
-        .and_then(|events| deserializer.end().map(|()| events))
-        .map_err(|e| match item.get() {
+    BATCH_ITEM.set(None);
+    serde_json::from_slice::<RawBatch<'_>>(bytes).map(|batch| batch.events.0).map_err(|e| {
+        match BATCH_ITEM.take() {
             Some(index) => Error::InvalidEvent(format!("batch item {index}: not a valid event: {e}")).into(),
             None => not_a_batch(&e),
-        })
-}
-
-/// Reads the batch object; `item` is set to the index of the item being read while
-/// one is, so that an error can name it.
-struct BatchSeed<'c> {
-    item: &'c Cell<Option<usize>>,
-}
-
-impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
-    type Value = Vec<RawNewEvent<'de>>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for BatchSeed<'_> {
-    type Value = Vec<RawNewEvent<'de>>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an object with an \"events\" array")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        #[derive(Deserialize)]
-        #[serde(field_identifier, rename_all = "lowercase")]
-        enum Member {
-            Events,
-            #[serde(other)]
-            Other,
         }
-        let mut events = None;
-        while let Some(member) = map.next_key::<Member>()? {
-            match member {
-                Member::Events if events.is_some() => return Err(A::Error::duplicate_field("events")),
-                Member::Events => events = Some(map.next_value_seed(ItemsSeed { item: self.item })?),
-                Member::Other => {
-                    map.next_value::<IgnoredAny>()?;
+    })
+}
+
+thread_local! {
+    /// The index of the batch item being read, while one is: set by [`Items`], read
+    /// by [`parse_json_batch`] when the parse fails, on the same thread.
+    static BATCH_ITEM: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// The `events` array, read item by item.
+struct Items<'a>(Vec<RawNewEvent<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Items<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemByItem<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ItemByItem<'a> {
+            type Value = Items<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of events")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
+                // Not sized by the array's hint: the item limit is the engine's to enforce.
+                let mut events = Vec::new();
+                loop {
+                    BATCH_ITEM.set(Some(events.len()));
+                    match items.next_element::<EventObject<'a>>()? {
+                        Some(EventObject(event)) => events.push(event),
+                        None => break,
+                    }
                 }
+                BATCH_ITEM.set(None);
+                Ok(Items(events))
             }
         }
-        events.ok_or_else(|| A::Error::missing_field("events"))
-    }
-}
-
-/// Reads the `events` array, item by item.
-struct ItemsSeed<'c> {
-    item: &'c Cell<Option<usize>>,
-}
-
-impl<'de> DeserializeSeed<'de> for ItemsSeed<'_> {
-    type Value = Vec<RawNewEvent<'de>>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        deserializer.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ItemsSeed<'_> {
-    type Value = Vec<RawNewEvent<'de>>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an array of events")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Self::Value, A::Error> {
-        // Not sized by the array's hint: the item limit is the engine's to enforce.
-        let mut events = Vec::new();
-        loop {
-            self.item.set(Some(events.len()));
-            match items.next_element::<EventObject<'de>>()? {
-                Some(EventObject(event)) => events.push(event),
-                None => break,
-            }
-        }
-        self.item.set(None);
-        Ok(events)
+        deserializer.deserialize_seq(ItemByItem(PhantomData))
     }
 }
 
 /// One event, which must be a JSON object: serde would also take the fields of
 /// [`RawNewEvent`] as an array (`["user.created", "user-1", {}]`).
-struct EventObject<'de>(RawNewEvent<'de>);
+struct EventObject<'a>(RawNewEvent<'a>);
 
-impl<'de> Deserialize<'de> for EventObject<'de> {
+impl<'de: 'a, 'a> Deserialize<'de> for EventObject<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ObjectOnly;
-        impl<'de> Visitor<'de> for ObjectOnly {
-            type Value = EventObject<'de>;
+        struct ObjectOnly<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ObjectOnly<'a> {
+            type Value = EventObject<'a>;
 
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an event (a JSON object)")
@@ -685,7 +646,7 @@ impl<'de> Deserialize<'de> for EventObject<'de> {
                 RawNewEvent::deserialize(MapAccessDeserializer::new(map)).map(EventObject)
             }
         }
-        deserializer.deserialize_map(ObjectOnly)
+        deserializer.deserialize_map(ObjectOnly(PhantomData))
     }
 }
 
