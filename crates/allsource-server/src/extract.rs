@@ -436,7 +436,8 @@ enum BodyFormat {
     Ndjson,
 }
 
-/// The body's format from its `Content-Type`; anything else is `415`.
+/// The body's format from its `Content-Type`; anything else, or a `Content-Encoding`
+/// other than `identity`, is `415`.
 fn body_format(headers: &HeaderMap, ndjson_allowed: bool) -> Result<BodyFormat, AppError> {
     let accepted =
         if ndjson_allowed { "application/json or application/x-ndjson" } else { "application/json" };
