@@ -586,7 +586,9 @@ fn finish(
         seconds,
         calls: latency.len(),
         events: Some(last - first),
-        bytes: durable.then(|| after.wal_bytes - before.wal_bytes),
+        // The WAL's size, not what was written: when a seal removes segments during the
+        // window it shrinks, and the figure is left out rather than wrapped around.
+        bytes: durable.then(|| after.wal_bytes.checked_sub(before.wal_bytes)).flatten(),
         syncs: durable.then(|| after.syncs - before.syncs),
         synced_events: durable.then(|| after.synced_events - before.synced_events),
         latency,
