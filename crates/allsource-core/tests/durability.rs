@@ -11,14 +11,19 @@ use std::sync::{Arc, Mutex};
 
 use allsource_core::{Event, EventStore, NewEvent, QueryEventsRequest, Uuid};
 use allsource_storage::sim::{CrashKind, SimFs};
-use allsource_storage::{DurableLog, SyncMode, WalConfig};
+use allsource_storage::{DurableLog, Preallocate, SyncMode, WalConfig};
 use proptest::prelude::*;
 use serde_json::json;
 
 /// Small segments and chunks, so that a few dozen events rotate segments, seal chunks
 /// and remove covered segments.
 fn config() -> WalConfig {
-    WalConfig { sync: SyncMode::Always, segment_bytes_max: 2_048, chunk_events: 5 }
+    WalConfig {
+        sync: SyncMode::Always,
+        segment_bytes_max: 2_048,
+        chunk_events: 5,
+        preallocate: Preallocate::Inline,
+    }
 }
 
 fn open(fs: &SimFs) -> EventStore {

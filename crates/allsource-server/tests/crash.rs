@@ -221,9 +221,50 @@ fn load_and_kill(
     })
 }
 
+/// The size of a WAL segment, and so of a spare (docs/storage-format.md).
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Appends batches of 1 MiB until the server writes into a spare WAL segment
+/// (docs/storage-format.md, "Spare segments"): once its first segment holds 16 MiB, a
+/// 64 MiB file of zeros is made, and the segment is closed early to go on in it. Returns
+/// the events appended, acknowledged, in the model.
+fn fill_into_a_spare(server: &Server, data: &Path, model: &mut Model, ctx: &str) -> usize {
+    let pad = "z".repeat(4_000);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for batch in 0..400 {
+        let bodies: Vec<Value> = (0..250)
+            .map(|i| {
+                json!({"event_type": "crash.fill", "entity_id": format!("fill-{}", i % 16),
+                       "payload": {"tag": format!("fill-b{batch}i{i}"), "pad": pad}})
+            })
+            .collect();
+        let reply = call_json(server, append_request(true, &bodies), 201, ctx);
+        model.requests.push(Sent {
+            label: format!("fill-b{batch}"),
+            batch: true,
+            bodies,
+            outcome: Outcome::Acked { status: 201, reply },
+        });
+        // A spare in use: a later segment that is records, then zeros to 64 MiB.
+        let segments = segments(data);
+        let last = segments.last().unwrap();
+        if segments.len() >= 2 && std::fs::metadata(last).unwrap().len() == SEGMENT_BYTES {
+            let bytes = std::fs::read(last).unwrap();
+            let (records, end) = wal_records(&bytes);
+            if !records.is_empty() && bytes[end..].iter().all(|&b| b == 0) {
+                return (batch + 1) * 250;
+            }
+        }
+        assert!(Instant::now() < deadline, "{ctx}: no spare segment after {batch} batches");
+    }
+    panic!("{ctx}: no spare segment after 400 MiB");
+}
+
 /// Kills the server under load `cycles` times on one data directory, checking after
-/// each restart everything the contract promises about what survives.
-fn kill_cycles(test: &str, sync: &str, cycles: usize) {
+/// each restart everything the contract promises about what survives. With `spare`,
+/// the store first holds enough to write into a spare WAL segment, so that the kills
+/// land on writes over zeros.
+fn kill_cycles(test: &str, sync: &str, cycles: usize, spare: bool) {
     let seed = test_seed(test);
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
@@ -234,6 +275,12 @@ fn kill_cycles(test: &str, sync: &str, cycles: usize) {
     let mut model = Model::default();
     let mut server = Server::start_with(&args);
     let mut log: Vec<Value> = Vec::new();
+    if spare {
+        let ctx = format!("{test}, {SEED_VAR}={seed}, filling");
+        let filled = fill_into_a_spare(&server, Path::new(data), &mut model, &ctx);
+        log = all_events_paged(&server, "");
+        assert_eq!(log.len(), filled, "{ctx}");
+    }
     for cycle in 1..=cycles {
         let ctx = format!("{test}, {SEED_VAR}={seed}, cycle {cycle}");
         let delay = Duration::from_millis(rng.range(50, 400));
@@ -290,14 +337,21 @@ fn kill_cycles(test: &str, sync: &str, cycles: usize) {
 /// directory (so recovered data is recovered again), with `--sync always`.
 #[test]
 fn kill_9_under_load_loses_nothing_acknowledged() {
-    kill_cycles("kill_9_under_load_loses_nothing_acknowledged", "always", 3);
+    kill_cycles("kill_9_under_load_loses_nothing_acknowledged", "always", 3, false);
+}
+
+/// Test 1b: the same while the WAL writes over the zeros of a spare segment, the way
+/// every segment after a store's first 16 MiB is written.
+#[test]
+fn kill_9_while_writing_over_a_spare_segment_loses_nothing_acknowledged() {
+    kill_cycles("kill_9_while_writing_over_a_spare_segment_loses_nothing_acknowledged", "always", 3, true);
 }
 
 /// Test 2: with `--sync none` an acknowledged write is in the kernel's page cache,
 /// which survives the death of the process.
 #[test]
 fn kill_9_with_sync_none_loses_nothing_acknowledged() {
-    kill_cycles("kill_9_with_sync_none_loses_nothing_acknowledged", "none", 1);
+    kill_cycles("kill_9_with_sync_none_loses_nothing_acknowledged", "none", 1, false);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -472,10 +526,11 @@ fn cleanly_stopped_dir(rng: &mut Rng, ctx: &str) -> (tempfile::TempDir, PathBuf,
 // 3: a torn tail is cut, logged, and appending goes on
 // ---------------------------------------------------------------------------------------
 
-/// Test 3: damage to the tail of the last segment that a crash can leave (garbage or
-/// zeros after the last record, the last record cut short, the last record garbled with
-/// nothing after it) is cut at start-up, with a log line giving the byte count; every
-/// event before the damaged record is kept, and appends continue.
+/// Test 3: damage to the tail of the last segment that a crash can leave (garbage after
+/// the last record, the last record cut short, the last record garbled with nothing
+/// after it) is cut at start-up, with a log line giving the byte count; every event
+/// before the damaged record is kept, and appends continue. Zeros after the last record
+/// are the rest of a spare segment: nothing is cut, and appends go over them.
 #[test]
 fn a_torn_tail_is_cut_and_logged_and_appends_continue() {
     let test = "a_torn_tail_is_cut_and_logged_and_appends_continue";
@@ -490,32 +545,32 @@ fn a_torn_tail_is_cut_and_logged_and_appends_continue() {
     let cut_body = last.offset + rng.range(RECORD_HEADER_BYTES as u64, last.len as u64 - 1) as usize;
     let cut_header = last.offset + rng.range(1, RECORD_HEADER_BYTES as u64 - 1) as usize;
     let flip = last.offset + rng.range(RECORD_HEADER_BYTES as u64, last.len as u64 - 1) as usize;
-    // (case, the damaged segment, events kept, where the segment is cut)
-    let cases: Vec<(String, Vec<u8>, usize, usize)> = vec![
+    // (case, the damaged segment, events kept, where the segment is cut: none for zeros)
+    let cases: Vec<(String, Vec<u8>, usize, Option<usize>)> = vec![
         (
             format!("{} bytes of garbage appended", garbage.len()),
             [&bytes[..], &garbage].concat(),
             13,
-            bytes.len(),
+            Some(bytes.len()),
         ),
-        ("4096 zero bytes appended".to_string(), [&bytes[..], &[0u8; 4096]].concat(), 13, bytes.len()),
+        ("4096 zero bytes appended".to_string(), [&bytes[..], &[0u8; 4096]].concat(), 13, None),
         (
             format!("the last record cut at byte {cut_body}, in its body"),
             bytes[..cut_body].to_vec(),
             10,
-            last.offset,
+            Some(last.offset),
         ),
         (
             format!("the last record cut at byte {cut_header}, in its header"),
             bytes[..cut_header].to_vec(),
             10,
-            last.offset,
+            Some(last.offset),
         ),
         (
             format!("a bit flipped at byte {flip} of the last record"),
             flip_bit(&mut rng, flip, &bytes),
             10,
-            last.offset,
+            Some(last.offset),
         ),
     ];
     for (case, damaged, kept, cut_at) in cases {
@@ -526,26 +581,32 @@ fn a_torn_tail_is_cut_and_logged_and_appends_continue() {
 
         let server = Server::start_with(&data_args(&data));
         let log = server.startup_log.join("\n");
-        let cut_line = server
-            .startup_log
-            .iter()
-            .find(|line| line.contains("cutting a torn tail from the WAL"))
-            .unwrap_or_else(|| panic!("{ctx}: no torn-tail line in the start-up log:\n{log}"));
-        let cut = damaged.len() - cut_at;
-        assert!(
-            cut_line.contains(&format!("bytes_cut={cut}")),
-            "{ctx}: expected {cut} bytes cut: {cut_line}"
-        );
-        assert!(
-            cut_line.contains(&format!("offset={cut_at}")),
-            "{ctx}: expected the cut at {cut_at}: {cut_line}"
-        );
-        assert!(cut_line.contains(&segment_name(1)), "{ctx}: the line should name the segment: {cut_line}");
+        let cut_line =
+            server.startup_log.iter().find(|line| line.contains("cutting a torn tail from the WAL"));
+        if let Some(cut_at) = cut_at {
+            let cut_line =
+                cut_line.unwrap_or_else(|| panic!("{ctx}: no torn-tail line in the start-up log:\n{log}"));
+            let cut = damaged.len() - cut_at;
+            assert!(
+                cut_line.contains(&format!("bytes_cut={cut}")),
+                "{ctx}: expected {cut} bytes cut: {cut_line}"
+            );
+            assert!(
+                cut_line.contains(&format!("offset={cut_at}")),
+                "{ctx}: expected the cut at {cut_at}: {cut_line}"
+            );
+            assert!(
+                cut_line.contains(&segment_name(1)),
+                "{ctx}: the line should name the segment: {cut_line}"
+            );
+        } else {
+            assert!(cut_line.is_none(), "{ctx}: zeros are not a torn tail:\n{log}");
+        }
         assert_recovered_line(&server, kept, &ctx);
         assert_eq!(
             std::fs::metadata(&segment).unwrap().len(),
-            cut_at as u64,
-            "{ctx}: the segment was not cut"
+            cut_at.unwrap_or(damaged.len()) as u64,
+            "{ctx}: the segment was not cut where it should be"
         );
         assert_eq!(all_events_paged(&server, ""), events[..kept], "{ctx}: the kept events differ");
         let stats = call_json(&server, Req::get("/api/v1/stats"), 200, &ctx);
@@ -553,6 +614,11 @@ fn a_torn_tail_is_cut_and_logged_and_appends_continue() {
 
         let mut model = Model::default();
         append_after_recovery(&server, &mut model, &events[..kept], "after-cut", &ctx);
+        if cut_at.is_none() {
+            // The record went over the zeros: the file kept its length.
+            let grown = std::fs::metadata(&segment).unwrap().len();
+            assert_eq!(grown, damaged.len() as u64, "{ctx}: the append did not go over the zeros");
+        }
         let after = all_events_paged(&server, "");
         server.signal("TERM");
         assert_eq!(server.wait_exit(EXIT_TIMEOUT).code(), Some(0), "{ctx}: SIGTERM");

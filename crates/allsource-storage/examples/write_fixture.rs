@@ -11,12 +11,17 @@ mod fixture;
 
 use std::path::PathBuf;
 
-use allsource_storage::{DurableLog, Log, SyncMode, Wal, WalConfig};
+use allsource_storage::{DurableLog, Log, Preallocate, SyncMode, Wal, WalConfig};
 
 fn main() {
     let root: PathBuf = std::env::args().nth(1).expect("usage: write_fixture DIR").into();
     // Small segments, so the fixtures have more than one.
-    let config = WalConfig { sync: SyncMode::Always, segment_bytes_max: 600, chunk_events: 4 };
+    let config = WalConfig {
+        sync: SyncMode::Always,
+        segment_bytes_max: 600,
+        chunk_events: 4,
+        preallocate: Preallocate::Off,
+    };
 
     let dir = root.join("v1");
     if !dir.exists() {

@@ -30,7 +30,8 @@ mod wal;
 pub use durable::{DurableLog, WAL_DIR};
 pub use histogram::{AtomicHistogram, HistogramSnapshot, EVENTS_PER_SYNC_BOUNDS, SYNC_MICROS_BOUNDS};
 pub use wal::{
-    RecoveryBase, RecoveryReport, SyncMode, Wal, WalConfig, CHUNK_EVENTS_DEFAULT, SEGMENT_BYTES_MAX_DEFAULT,
+    Preallocate, RecoveryBase, RecoveryReport, SyncMode, Wal, WalConfig, CHUNK_EVENTS_DEFAULT,
+    SEGMENT_BYTES_MAX_DEFAULT,
 };
 
 /// The commit step of the engine's write path.

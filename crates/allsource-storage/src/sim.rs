@@ -5,7 +5,8 @@
 //! fail the Nth mutating operation, or every write once the "disk" is full, and it can
 //! produce the image a crash would leave: synced bytes kept, any prefix of the unsynced
 //! bytes kept (optionally damaged, as a power loss may leave them), files whose names
-//! were never made durable possibly gone.
+//! were never made durable possibly gone. A file may be preallocated: it then reads as
+//! its written bytes followed by zeros, which appends overwrite and a crash keeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -18,7 +19,12 @@ use crate::fs::{AppendFile, Fs};
 
 #[derive(Debug, Clone, Default)]
 struct SimFile {
+    /// Follows the file through renames, as an open file does.
+    id: u64,
+    /// The bytes appended (the file reads as these, then zeros up to `zeros_to`).
     data: Vec<u8>,
+    /// The end of the synced zeros that preallocation wrote.
+    zeros_to: usize,
     synced_len: usize,
     name_durable: bool,
     /// The name it had before a rename that its directory has not synced yet.
@@ -34,6 +40,8 @@ struct SimState {
     ops: u64,
     fail_at: Option<u64>,
     disk_full: bool,
+    /// The id of the last file created.
+    last_id: u64,
 }
 
 impl SimState {
@@ -44,6 +52,24 @@ impl SimState {
             return Err(io::Error::other(format!("injected fault at operation {}", self.ops)));
         }
         Ok(())
+    }
+
+    /// The file an open handle refers to, wherever it has been renamed since.
+    fn file_by_id(&mut self, id: u64) -> io::Result<&mut SimFile> {
+        self.files.values_mut().find(|file| file.id == id).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "the open file has been removed".to_string())
+        })
+    }
+}
+
+impl SimFile {
+    /// The bytes the file reads as.
+    fn bytes(&self) -> Vec<u8> {
+        let mut bytes = self.data.clone();
+        if self.zeros_to > bytes.len() {
+            bytes.resize(self.zeros_to, 0);
+        }
+        bytes
     }
 }
 
@@ -121,20 +147,24 @@ impl SimFs {
             file.replaced = None;
             files.insert(path, file);
         }
-        let image = SimState { files, dirs: state.dirs.clone(), ..SimState::default() };
+        let image =
+            SimState { files, dirs: state.dirs.clone(), last_id: state.last_id, ..SimState::default() };
         SimFs { state: Arc::new(Mutex::new(image)) }
     }
 
-    /// A file's current bytes, for tests that damage files.
+    /// A file's current bytes (preallocated zeros included), for tests that damage files.
     pub fn file(&self, path: &Path) -> Option<Vec<u8>> {
-        self.state.lock().files.get(path).map(|f| f.data.clone())
+        self.state.lock().files.get(path).map(SimFile::bytes)
     }
 
     /// Replaces a file's bytes (all synced), for tests that damage files.
     pub fn set_file(&self, path: &Path, data: Vec<u8>) {
+        let mut state = self.state.lock();
+        let id = state.files.get(path).map_or_else(|| state.last_id + 1, |file| file.id);
+        state.last_id = state.last_id.max(id);
         let synced_len = data.len();
-        let file = SimFile { data, synced_len, name_durable: true, renamed_from: None, replaced: None };
-        self.state.lock().files.insert(path.to_path_buf(), file);
+        let file = SimFile { id, data, synced_len, name_durable: true, ..SimFile::default() };
+        state.files.insert(path.to_path_buf(), file);
     }
 
     /// The paths of every file.
@@ -145,7 +175,8 @@ impl SimFs {
 
 struct SimAppendFile {
     state: Arc<Mutex<SimState>>,
-    path: PathBuf,
+    /// The [`SimFile::id`] of the file.
+    id: u64,
 }
 
 fn not_found(path: &Path) -> io::Error {
@@ -157,7 +188,7 @@ impl AppendFile for SimAppendFile {
         let mut state = self.state.lock();
         let result = state.op();
         let full = state.disk_full;
-        let file = state.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
+        let file = state.file_by_id(self.id)?;
         let failure = match result {
             Err(error) => Some(error),
             Ok(()) if full => Some(io::Error::new(io::ErrorKind::StorageFull, "no space left on device")),
@@ -175,8 +206,19 @@ impl AppendFile for SimAppendFile {
     fn sync_data(&mut self) -> io::Result<()> {
         let mut state = self.state.lock();
         state.op()?;
-        let file = state.files.get_mut(&self.path).ok_or_else(|| not_found(&self.path))?;
+        let file = state.file_by_id(self.id)?;
         file.synced_len = file.data.len();
+        Ok(())
+    }
+
+    fn preallocate(&mut self, len: u64) -> io::Result<()> {
+        let mut state = self.state.lock();
+        state.op()?;
+        if state.disk_full {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"));
+        }
+        let file = state.file_by_id(self.id)?;
+        file.zeros_to = file.zeros_to.max(usize::try_from(len).unwrap_or(usize::MAX));
         Ok(())
     }
 }
@@ -204,7 +246,7 @@ impl Fs for SimFs {
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.state.lock().files.get(path).map(|f| f.data.clone()).ok_or_else(|| not_found(path))
+        self.state.lock().files.get(path).map(SimFile::bytes).ok_or_else(|| not_found(path))
     }
 
     fn create(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
@@ -213,22 +255,38 @@ impl Fs for SimFs {
         if state.files.contains_key(path) {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{} exists", path.display())));
         }
-        state.files.insert(path.to_path_buf(), SimFile::default());
-        Ok(Box::new(SimAppendFile { state: self.state.clone(), path: path.to_path_buf() }))
+        state.last_id += 1;
+        let id = state.last_id;
+        state.files.insert(path.to_path_buf(), SimFile { id, ..SimFile::default() });
+        Ok(Box::new(SimAppendFile { state: self.state.clone(), id }))
     }
 
-    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
-        if !self.state.lock().files.contains_key(path) {
-            return Err(not_found(path));
+    fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn AppendFile>> {
+        let mut state = self.state.lock();
+        let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
+        // Appends go at the end of `data`: the bytes from `offset` on must be zeros,
+        // which the file keeps reading as until they are overwritten.
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        let bytes = file.bytes();
+        if offset > bytes.len() || bytes[offset..].iter().any(|&b| b != 0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the simulation opens {} only where zeros or its end follow", path.display()),
+            ));
         }
-        Ok(Box::new(SimAppendFile { state: self.state.clone(), path: path.to_path_buf() }))
+        file.zeros_to = file.zeros_to.max(file.data.len());
+        file.data.resize(offset, 0);
+        file.synced_len = file.synced_len.min(offset);
+        Ok(Box::new(SimAppendFile { state: self.state.clone(), id: file.id }))
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
         let mut state = self.state.lock();
         state.op()?;
         let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
-        file.data.truncate(len as usize);
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        file.data.truncate(len);
+        file.zeros_to = file.zeros_to.min(len);
         file.synced_len = file.data.len();
         Ok(())
     }

@@ -11,10 +11,15 @@ use std::sync::Arc;
 use allsource_core_types::Event;
 use allsource_storage::fs::Fs;
 use allsource_storage::sim::{CrashKind, SimFs};
-use allsource_storage::{DurableLog, Log, SyncMode, WalConfig};
+use allsource_storage::{DurableLog, Log, Preallocate, SyncMode, WalConfig};
 
 fn config() -> WalConfig {
-    WalConfig { sync: SyncMode::Always, segment_bytes_max: 600, chunk_events: 4 }
+    WalConfig {
+        sync: SyncMode::Always,
+        segment_bytes_max: 600,
+        chunk_events: 4,
+        preallocate: Preallocate::Inline,
+    }
 }
 
 fn open(fs: &SimFs) -> Result<(DurableLog, allsource_storage::RecoveryReport), allsource_core_types::Error> {

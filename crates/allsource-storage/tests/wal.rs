@@ -10,7 +10,7 @@ use std::sync::Arc;
 use allsource_core_types::{EntityId, Event, EventType, Position, Timestamp};
 use allsource_storage::fs::{Fs, RealFs};
 use allsource_storage::sim::{CrashKind, SimFs};
-use allsource_storage::{Log, SyncMode, Wal, WalConfig};
+use allsource_storage::{Log, Preallocate, SyncMode, Wal, WalConfig};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -38,7 +38,12 @@ fn plain(events: &[Arc<Event>]) -> Vec<Event> {
 }
 
 fn config(segment_bytes_max: u64) -> WalConfig {
-    WalConfig { sync: SyncMode::Always, segment_bytes_max, ..WalConfig::default() }
+    WalConfig {
+        sync: SyncMode::Always,
+        segment_bytes_max,
+        preallocate: Preallocate::Inline,
+        ..WalConfig::default()
+    }
 }
 
 fn open_sim(fs: &SimFs, segment_bytes_max: u64) -> Result<Wal, allsource_core_types::Error> {
@@ -176,7 +181,7 @@ fn garbage_after_the_last_record_is_cut() {
     drop(wal);
     let path = segment_paths(&fs).remove(0);
     let clean = fs.file(&path).unwrap();
-    for garbage in [vec![0u8; 1], vec![0u8; 4096], vec![0xFF; 17], (0..=255u8).collect::<Vec<_>>()] {
+    for garbage in [vec![0xFF; 17], (0..=255u8).collect::<Vec<_>>(), [vec![0u8; 100], vec![1]].concat()] {
         let mut bytes = clean.clone();
         bytes.extend_from_slice(&garbage);
         fs.set_file(&path, bytes);
@@ -184,6 +189,33 @@ fn garbage_after_the_last_record_is_cut() {
             Wal::open(Arc::new(fs.clone()), Path::new("/data/wal"), config(u64::MAX)).unwrap();
         assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=6)));
         assert_eq!(report.bytes_cut as usize, garbage.len());
+        assert_eq!(fs.file(&path).unwrap(), clean);
+    }
+}
+
+#[test]
+fn zeros_after_the_last_record_are_preallocated_space_and_are_written_over() {
+    let fs = SimFs::new();
+    let wal = open_sim(&fs, u64::MAX).unwrap();
+    write_groups(&wal, 6);
+    drop(wal);
+    let path = segment_paths(&fs).remove(0);
+    let clean = fs.file(&path).unwrap();
+    for zeros in [1, 15, 16, 4096] {
+        fs.set_file(&path, [clean.clone(), vec![0u8; zeros]].concat());
+        let (wal, report) =
+            Wal::open(Arc::new(fs.clone()), Path::new("/data/wal"), config(u64::MAX)).unwrap();
+        assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=6)));
+        assert_eq!((report.bytes_cut, report.bytes), (0, clean.len() as u64), "{zeros} zeros");
+        // The next record goes where the last one ended, over the zeros.
+        wal.append(&events(7..=7)).unwrap();
+        drop(wal);
+        let after = fs.file(&path).unwrap();
+        assert_eq!(after[..clean.len()], clean[..]);
+        let wal = open_sim(&fs, u64::MAX).unwrap();
+        assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=7)), "{zeros} zeros");
+        drop(wal);
+        fs.set_file(&path, clean.clone());
     }
 }
 
@@ -275,10 +307,47 @@ fn an_unfinished_rotation_is_removed() {
 }
 
 #[test]
+fn a_spare_left_by_a_crash_is_removed_and_segments_keep_their_events() {
+    let fs = SimFs::new();
+    let wal = open_sim(&fs, 1_000).unwrap();
+    write_groups(&wal, 20);
+    let spare = Path::new("/data/wal/next-segment.spare");
+    assert!(fs.file(spare).is_some_and(|bytes| bytes.len() == 1_000 && bytes.iter().all(|&b| b == 0)));
+    let image = fs.crash_image(CrashKind::Process, 1);
+    drop(wal);
+    // A clean close removes the unused spare; a crash leaves it, and opening removes it.
+    assert!(fs.file(spare).is_none());
+    assert!(image.file(spare).is_some());
+    let wal = open_sim(&image, 1_000).unwrap();
+    assert!(image.file(spare).is_none());
+    assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=20)));
+    // The first segment grew, and was closed early when the first spare was ready;
+    // every later one is a spare, 1,000 bytes from its start.
+    let lengths: Vec<usize> = segment_paths(&image).iter().map(|p| image.file(p).unwrap().len()).collect();
+    assert!(lengths[0] < 1_000 && lengths[1..].iter().all(|&n| n >= 1_000), "{lengths:?}");
+    wal.append(&events(21..=25)).unwrap();
+    drop(wal);
+    let wal = open_sim(&image, 1_000).unwrap();
+    assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=25)));
+}
+
+#[test]
 fn injected_faults_fail_stop_and_lose_nothing_acknowledged() {
     // Fail each mutating operation in turn; whatever was acknowledged before the
-    // fault survives a crash at that moment, and what follows is refused.
-    for fail_at in 1..=12u64 {
+    // fault survives a crash at that moment, and what follows is refused. The
+    // operations include making a spare segment, and rotating into it.
+    let clean = SimFs::new();
+    let wal = open_sim(&clean, 600).unwrap();
+    let opened = clean.operations();
+    for group in 0..6u64 {
+        wal.append(&events(group * 2 + 1..=group * 2 + 2)).unwrap();
+    }
+    assert!(clean.paths().iter().any(|p| p.ends_with("next-segment.spare")), "{:?}", clean.paths());
+    let last_segment = segment_paths(&clean).pop().unwrap();
+    assert!(clean.file(&last_segment).unwrap().len() >= 600, "the last segment was a spare");
+    let operations = clean.operations() - opened;
+    drop(wal);
+    for fail_at in 1..=operations {
         for kind in [CrashKind::Process, CrashKind::Power] {
             let fs = SimFs::new();
             let wal = open_sim(&fs, 600).unwrap();

@@ -50,6 +50,30 @@ pub struct WalConfig {
     /// this many committed events follow the last sealed one, they are sealed, and the
     /// WAL segments they cover are removed.
     pub chunk_events: u64,
+    /// Whether the next segment is made ahead of time, full of zeros (with
+    /// [`SyncMode::Always`] only).
+    pub preallocate: Preallocate,
+}
+
+/// How the WAL makes its next segment ahead of time.
+///
+/// A sync that overwrites zeros already on disk writes the data and flushes; a sync
+/// that grows the file must also write its inode, one more round trip to the disk
+/// (140 µs against 280 µs for a 5 KB record on the project's test machine). So once
+/// the open segment is a quarter full, a spare segment is made: a file of
+/// `segment_bytes_max` zeros, written and synced, which the writer takes when it
+/// rotates. Small logs never make one. A failure to make one (a full disk) is logged,
+/// and the WAL grows its segments as before until it is reopened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preallocate {
+    /// Segments grow as records are appended.
+    Off,
+    /// A thread of the WAL's makes the spare, off the write path.
+    #[default]
+    Background,
+    /// The writer makes the spare itself, when the open segment is a quarter full: the
+    /// operations happen in a fixed order, for the simulated file system's fault tests.
+    Inline,
 }
 
 /// The default number of events per sealed chunk.
@@ -64,6 +88,7 @@ impl Default for WalConfig {
             sync: SyncMode::Always,
             segment_bytes_max: SEGMENT_BYTES_MAX_DEFAULT,
             chunk_events: CHUNK_EVENTS_DEFAULT,
+            preallocate: Preallocate::default(),
         }
     }
 }
@@ -77,8 +102,75 @@ pub struct Wal {
     state: Mutex<WalState>,
     recovered: Mutex<Option<Vec<Event>>>,
     stats: WalStats,
+    /// The next segment, made ahead of time.
+    spare: Arc<Spare>,
+    /// The thread making spares, started when the first is wanted.
+    spare_maker: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Held for the life of the WAL: the data directory's lock.
     lock: Option<std::fs::File>,
+}
+
+/// The file name of a spare segment, which recovery ignores (its name does not end in
+/// `.wal`) and removes.
+const SPARE_NAME: &str = "next-segment.spare";
+
+/// The spare segment and the hand-over between the writer and the spare maker.
+#[derive(Default)]
+struct Spare {
+    slot: Mutex<SpareSlot>,
+    /// Signalled whenever the slot changes.
+    changed: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct SpareSlot {
+    /// A spare ready for the writer: `SPARE_NAME`, zero-filled and synced, open at 0.
+    ready: Option<Box<dyn AppendFile>>,
+    /// The writer asked for a spare that is not ready yet.
+    wanted: bool,
+    /// Making one failed: no more are made (until the WAL is reopened).
+    failed: bool,
+    /// The WAL is being dropped: the maker stops.
+    closing: bool,
+}
+
+/// Makes a spare segment: `SPARE_NAME` in `dir`, `len` bytes of zeros, synced.
+fn make_spare(fs: &dyn Fs, dir: &Path, len: u64) -> std::io::Result<Box<dyn AppendFile>> {
+    let path = dir.join(SPARE_NAME);
+    // One left by a crash or by a failed attempt is of no use: start over.
+    match fs.remove(&path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    let mut file = fs.create(&path)?;
+    file.preallocate(len)?;
+    Ok(file)
+}
+
+/// The spare maker's thread: makes a spare whenever one is wanted, until the WAL closes.
+fn run_spare_maker(spare: &Spare, fs: &dyn Fs, dir: &Path, len: u64) {
+    loop {
+        {
+            let mut slot = spare.slot.lock();
+            while !slot.wanted && !slot.closing {
+                spare.changed.wait(&mut slot);
+            }
+            if slot.closing {
+                return;
+            }
+        }
+        let made = make_spare(fs, dir, len);
+        let mut slot = spare.slot.lock();
+        slot.wanted = false;
+        match made {
+            Ok(file) => slot.ready = Some(file),
+            Err(error) => {
+                slot.failed = true;
+                tracing::warn!(%error, dir = %dir.display(), "cannot make a spare WAL segment; segments grow as they fill");
+            }
+        }
+        spare.changed.notify_all();
+    }
 }
 
 struct WalState {
@@ -92,6 +184,8 @@ struct WalState {
     poisoned: Option<String>,
     /// Reused encoding buffer.
     buffer: Vec<u8>,
+    /// The open segment was a spare: its records go over zeros, not past its end.
+    over_zeros: bool,
 }
 
 /// Figures for `describe`, kept apart from the state so that reading them never waits
@@ -220,24 +314,47 @@ impl Wal {
                 segments: report.kept_segments.clone(),
                 poisoned: None,
                 buffer: Vec::new(),
+                over_zeros: false,
             }),
             recovered: Mutex::new(Some(events)),
+            spare: Arc::default(),
+            spare_maker: Mutex::new(None),
             stats,
             lock: None,
         };
         Ok((wal, report))
     }
 
-    /// Starts a new segment whose first event will be `first_position`: create, write
-    /// the header, sync the file, sync the directory.
+    /// Starts a new segment whose first event will be `first_position`: create (or take
+    /// the spare), write the header, sync the file, name it (a spare), sync the
+    /// directory.
     fn rotate(&self, state: &mut WalState) -> Result<(), String> {
         let path = self.dir.join(segment_name(state.next_position));
-        let mut file =
-            self.fs.create(&path).map_err(|e| format!("cannot create segment {}: {e}", path.display()))?;
         let header = format::segment_header(state.next_position);
-        file.write_all(&header)
-            .map_err(|e| format!("cannot write segment header {}: {e}", path.display()))?;
-        file.sync_data().map_err(|e| format!("cannot sync segment {}: {e}", path.display()))?;
+        let spare = self.spare.slot.lock().ready.take();
+        state.over_zeros = spare.is_some();
+        let file = match spare {
+            Some(mut file) => {
+                let spare_path = self.dir.join(SPARE_NAME);
+                file.write_all(&header)
+                    .map_err(|e| format!("cannot write segment header {}: {e}", spare_path.display()))?;
+                file.sync_data().map_err(|e| format!("cannot sync segment {}: {e}", spare_path.display()))?;
+                self.fs.rename(&spare_path, &path).map_err(|e| {
+                    format!("cannot rename {} to {}: {e}", spare_path.display(), path.display())
+                })?;
+                file
+            }
+            None => {
+                let mut file = self
+                    .fs
+                    .create(&path)
+                    .map_err(|e| format!("cannot create segment {}: {e}", path.display()))?;
+                file.write_all(&header)
+                    .map_err(|e| format!("cannot write segment header {}: {e}", path.display()))?;
+                file.sync_data().map_err(|e| format!("cannot sync segment {}: {e}", path.display()))?;
+                file
+            }
+        };
         self.fs
             .sync_dir(&self.dir)
             .map_err(|e| format!("cannot sync directory {}: {e}", self.dir.display()))?;
@@ -250,7 +367,12 @@ impl Wal {
 
     fn write_record(&self, state: &mut WalState, events: &[Arc<Event>]) -> Result<(), String> {
         let segment_bytes = state.segments.last().map_or(0, |(_, bytes)| *bytes);
-        if state.file.is_none() || segment_bytes >= self.config.segment_bytes_max {
+        // A segment that grows is closed early once a spare is ready: writes go over
+        // zeros from then on (all but a segment's last record, which may run past them).
+        if state.file.is_none()
+            || segment_bytes >= self.config.segment_bytes_max
+            || (!state.over_zeros && self.spare.slot.lock().ready.is_some())
+        {
             self.rotate(state)?;
         }
         let mut buffer = std::mem::take(&mut state.buffer);
@@ -273,10 +395,78 @@ impl Wal {
             });
         if let Some((_, bytes)) = state.segments.last_mut() {
             *bytes += buffer.len() as u64;
+            if result.is_ok() && *bytes >= self.config.segment_bytes_max / 4 {
+                self.want_spare();
+            }
         }
         self.stats.bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
         state.buffer = buffer;
         result
+    }
+
+    /// Asks for a spare segment, unless one is ready, on its way, or not to be made.
+    fn want_spare(&self) {
+        if self.config.sync != SyncMode::Always {
+            return;
+        }
+        let mut slot = self.spare.slot.lock();
+        if slot.ready.is_some() || slot.wanted || slot.failed || slot.closing {
+            return;
+        }
+        match self.config.preallocate {
+            Preallocate::Off => {}
+            Preallocate::Inline => {
+                match make_spare(self.fs.as_ref(), &self.dir, self.config.segment_bytes_max) {
+                    Ok(file) => slot.ready = Some(file),
+                    Err(error) => {
+                        slot.failed = true;
+                        tracing::warn!(%error, "cannot make a spare WAL segment; segments grow as they fill");
+                    }
+                }
+            }
+            Preallocate::Background => {
+                slot.wanted = true;
+                self.spare.changed.notify_all();
+                drop(slot);
+                let mut maker = self.spare_maker.lock();
+                if maker.is_none() {
+                    let (spare, fs, dir) = (self.spare.clone(), self.fs.clone(), self.dir.clone());
+                    let len = self.config.segment_bytes_max;
+                    let started = std::thread::Builder::new()
+                        .name("allsource-wal-spare".to_string())
+                        .spawn(move || run_spare_maker(&spare, fs.as_ref(), &dir, len));
+                    match started {
+                        Ok(handle) => *maker = Some(handle),
+                        Err(error) => {
+                            let mut slot = self.spare.slot.lock();
+                            (slot.wanted, slot.failed) = (false, true);
+                            tracing::warn!(%error, "cannot start the spare WAL segment maker");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Wal {
+    /// Stops the spare maker, and removes a spare that was never used.
+    fn drop(&mut self) {
+        let ready = {
+            let mut slot = self.spare.slot.lock();
+            slot.closing = true;
+            self.spare.changed.notify_all();
+            slot.ready.take()
+        };
+        if let Some(handle) = self.spare_maker.get_mut().take() {
+            let _ = handle.join();
+        }
+        // The maker may have finished one after `closing` was set.
+        let ready = ready.or_else(|| self.spare.slot.lock().ready.take());
+        if let Some(file) = ready {
+            drop(file);
+            let _ = self.fs.remove(&self.dir.join(SPARE_NAME));
+        }
     }
 }
 
@@ -425,6 +615,17 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Position>, Error> {
     Ok(segments)
 }
 
+/// Removes a spare segment left by the last run: it may be unfinished, and a new one is
+/// made when it is wanted.
+fn remove_spare(fs: &dyn Fs, dir: &Path) -> Result<(), Error> {
+    let names = fs.list(dir).map_err(|e| storage_error(format!("cannot list {}: {e}", dir.display())))?;
+    if names.iter().any(|name| name == SPARE_NAME) {
+        let path = dir.join(SPARE_NAME);
+        fs.remove(&path).map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// What the log held before the WAL's first event: the WAL checks that its events
 /// continue it. Built from the archive's events at start-up (empty without an archive).
 ///
@@ -514,12 +715,13 @@ type Recovered = (Vec<Event>, RecoveryReport, Option<Box<dyn AppendFile>>);
 /// must continue it.
 fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered, Error> {
     let segments = list_segments(fs, dir)?;
+    remove_spare(fs, dir)?;
     let mut events: Vec<Event> = Vec::new();
     let skip_through = base.last_position;
     // The position the next record must start at, once a segment has been read.
     let mut next_expected: Option<Position> = None;
     let mut report = RecoveryReport::default();
-    let mut open: Option<PathBuf> = None;
+    let mut open: Option<(PathBuf, usize)> = None;
     let count = segments.len();
     for (index, first) in segments.into_iter().enumerate() {
         let is_last = index + 1 == count;
@@ -581,6 +783,10 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
                 }
                 RecordRead::End => break,
                 RecordRead::Corrupt(why) => return Err(corrupt(offset, &why)),
+                // The zeros of a preallocated segment: nothing was ever written here.
+                // (Lost records in an earlier segment would still be caught: the next
+                // segment's first position would not follow.)
+                RecordRead::Invalid(_) if bytes[offset..].iter().all(|&b| b == 0) => break,
                 RecordRead::Invalid(why) => {
                     if !is_last || format::valid_record_follows(&bytes[offset + 1..]).is_some() {
                         return Err(corrupt(offset, &why));
@@ -604,17 +810,104 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
         report.bytes += offset as u64;
         report.kept_segments.push((first, offset as u64));
         if is_last {
-            open = Some(path);
+            open = Some((path, offset));
         }
     }
     report.events = events.len() as u64;
     report.wal_last = next_expected.map(|next| next - 1);
     let file = match open {
-        Some(path) => Some(
-            fs.open_append(&path)
+        Some((path, end)) => Some(
+            fs.open_at(&path, end as u64)
                 .map_err(|e| storage_error(format!("cannot open {}: {e}", path.display())))?,
         ),
         None => None,
     };
     Ok((events, report, file))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use allsource_core_types::EventType;
+
+    fn event(position: Position) -> Arc<Event> {
+        Arc::new(Event {
+            id: uuid::Uuid::from_u128(u128::from(position)),
+            event_type: EventType::try_from("spare.test").unwrap(),
+            entity_id: EntityId::try_from(format!("entity-{position}")).unwrap(),
+            payload: serde_json::json!({"n": position, "pad": "x".repeat(200)}).into(),
+            metadata: serde_json::json!({}).into(),
+            timestamp: Timestamp::from_micros(1_800_000_000_000_000 + position as i64),
+            version: 1,
+            position,
+        })
+    }
+
+    impl Wal {
+        /// Waits until the spare maker has made a spare (true) or given up (false).
+        fn wait_for_spare(&self) -> bool {
+            let mut slot = self.spare.slot.lock();
+            while slot.ready.is_none() && !slot.failed {
+                self.spare.changed.wait(&mut slot);
+            }
+            slot.ready.is_some()
+        }
+    }
+
+    #[test]
+    fn the_background_maker_preallocates_the_next_segment_on_real_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig { segment_bytes_max: 64 * 1024, ..WalConfig::default() };
+        let spare = dir.path().join("wal").join(SPARE_NAME);
+        let segment_lengths = || -> Vec<u64> {
+            let mut names: Vec<_> = std::fs::read_dir(dir.path().join("wal"))
+                .unwrap()
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| path.extension().is_some_and(|e| e == "wal"))
+                .collect();
+            names.sort();
+            names.iter().map(|path| std::fs::metadata(path).unwrap().len()).collect()
+        };
+        let mut next = 1;
+        {
+            let (wal, _) = Wal::open_dir(dir.path(), config.clone()).unwrap();
+            // A quarter of a segment: the spare is wanted.
+            while wal.describe().wal_bytes < 16 * 1024 {
+                wal.append(&[event(next)]).unwrap();
+                next += 1;
+            }
+            assert!(wal.wait_for_spare());
+            assert_eq!(std::fs::metadata(&spare).unwrap().len(), 64 * 1024);
+            // The next write closes the growing segment early and goes into the spare,
+            // which is 64 KiB from its start.
+            wal.append(&[event(next)]).unwrap();
+            next += 1;
+            assert!(!spare.exists());
+            let lengths = segment_lengths();
+            assert!((16 * 1024..64 * 1024).contains(&lengths[0]) && lengths[1] == 64 * 1024, "{lengths:?}");
+            // Filling it makes and takes the next spare, at its full size.
+            while wal.describe().segments < 3 {
+                wal.append(&[event(next)]).unwrap();
+                next += 1;
+            }
+            let lengths = segment_lengths();
+            assert!(lengths[1] >= 64 * 1024 && lengths[2] == 64 * 1024, "{lengths:?}");
+            wal.append(&[event(next)]).unwrap();
+            next += 1;
+        }
+        // Closing removed the spare it made for the next rotation, if any.
+        assert!(!spare.exists());
+        let (wal, report) = Wal::open_dir(dir.path(), config.clone()).unwrap();
+        assert_eq!((report.events, report.bytes_cut), (next - 1, 0));
+        let recovered: Vec<Position> = wal.take_recovered().iter().map(|e| e.position).collect();
+        assert_eq!(recovered, (1..next).collect::<Vec<_>>());
+        // Appends continue over the zeros, and survive another reopen.
+        wal.append(&[event(next)]).unwrap();
+        drop(wal);
+        let (wal, report) = Wal::open_dir(dir.path(), config).unwrap();
+        assert_eq!((report.events, report.bytes_cut), (next, 0));
+        assert_eq!(wal.take_recovered().last().map(|e| e.position), Some(next));
+    }
 }
