@@ -332,6 +332,40 @@ fn a_spare_left_by_a_crash_is_removed_and_segments_keep_their_events() {
 }
 
 #[test]
+fn a_spare_that_cannot_be_made_is_removed_and_segments_grow_as_before() {
+    let fs = SimFs::new();
+    let wal = open_sim(&fs, 400).unwrap();
+    // The first append: the segment's creation (create, header, sync, directory sync),
+    // the record (write, sync), then the spare (remove, create, preallocate): the
+    // ninth operation is the preallocation; the tenth removes the part-made spare.
+    let opened = fs.operations();
+    fs.fail_operation(9);
+    wal.append(&events(1..=1)).unwrap();
+    assert_eq!(fs.operations() - opened, 10, "the spare was not made by the first append");
+    assert!(fs.file(Path::new("/data/wal/next-segment.spare")).is_none(), "{:?}", fs.paths());
+    // No more attempts: later segments grow from their header.
+    write_groups_from(&wal, 2, 30);
+    assert!(fs.file(Path::new("/data/wal/next-segment.spare")).is_none());
+    let segments = segment_paths(&fs);
+    assert!(segments.len() > 2, "{segments:?}");
+    let last = fs.file(segments.last().unwrap()).unwrap();
+    assert!(last.len() < 400 || last.last() != Some(&0), "the last segment is not a spare");
+    drop(wal);
+    let wal = open_sim(&fs, 400).unwrap();
+    assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=30)));
+}
+
+/// Appends positions `first..=last` in groups of 1, 2, 3, ...
+fn write_groups_from(wal: &Wal, first: Position, last: Position) {
+    let (mut next, mut size) = (first, 1);
+    while next <= last {
+        let end = (next + size - 1).min(last);
+        wal.append(&events(next..=end)).unwrap();
+        (next, size) = (end + 1, size + 1);
+    }
+}
+
+#[test]
 fn injected_faults_fail_stop_and_lose_nothing_acknowledged() {
     // Fail each mutating operation in turn; whatever was acknowledged before the
     // fault survives a crash at that moment, and what follows is refused. The

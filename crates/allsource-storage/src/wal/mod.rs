@@ -143,7 +143,12 @@ fn make_spare(fs: &dyn Fs, dir: &Path, len: u64) -> std::io::Result<Box<dyn Appe
         _ => {}
     }
     let mut file = fs.create(&path)?;
-    file.preallocate(len)?;
+    if let Err(error) = file.preallocate(len) {
+        // A part-made spare is only disk space taken (a full disk, likely).
+        drop(file);
+        let _ = fs.remove(&path);
+        return Err(error);
+    }
     Ok(file)
 }
 
