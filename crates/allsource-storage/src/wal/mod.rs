@@ -167,14 +167,21 @@ fn run_spare_maker(spare: &Spare, fs: &dyn Fs, dir: &Path, len: u64) {
         let made = make_spare(fs, dir, len);
         let mut slot = spare.slot.lock();
         slot.wanted = false;
+        slot.take(made, dir);
+        spare.changed.notify_all();
+    }
+}
+
+impl SpareSlot {
+    /// Keeps a spare just made, or gives up making them after a failure.
+    fn take(&mut self, made: std::io::Result<Box<dyn AppendFile>>, dir: &Path) {
         match made {
-            Ok(file) => slot.ready = Some(file),
+            Ok(file) => self.ready = Some(file),
             Err(error) => {
-                slot.failed = true;
+                self.failed = true;
                 tracing::warn!(%error, dir = %dir.display(), "cannot make a spare WAL segment; segments grow as they fill");
             }
         }
-        spare.changed.notify_all();
     }
 }
 
@@ -411,7 +418,7 @@ impl Wal {
 
     /// Asks for a spare segment, unless one is ready, on its way, or not to be made.
     fn want_spare(&self) {
-        if self.config.sync != SyncMode::Always {
+        if self.config.sync != SyncMode::Always || self.config.preallocate == Preallocate::Off {
             return;
         }
         let mut slot = self.spare.slot.lock();
@@ -421,13 +428,7 @@ impl Wal {
         match self.config.preallocate {
             Preallocate::Off => {}
             Preallocate::Inline => {
-                match make_spare(self.fs.as_ref(), &self.dir, self.config.segment_bytes_max) {
-                    Ok(file) => slot.ready = Some(file),
-                    Err(error) => {
-                        slot.failed = true;
-                        tracing::warn!(%error, "cannot make a spare WAL segment; segments grow as they fill");
-                    }
-                }
+                slot.take(make_spare(self.fs.as_ref(), &self.dir, self.config.segment_bytes_max), &self.dir);
             }
             Preallocate::Background => {
                 slot.wanted = true;
