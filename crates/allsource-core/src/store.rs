@@ -152,14 +152,6 @@ impl Decision {
 /// the footprint bench's 10M events take about 10.7 s, past its 10 s target.
 const CHECKPOINT_EVENTS_PER_ENTITY: u64 = 8;
 
-/// What the writer hands the publisher, in write order.
-enum Durable {
-    /// A group that is durable, to publish.
-    Group(Vec<Arc<Event>>),
-    /// A write failed: fail every waiter still waiting.
-    Failed(Error),
-}
-
 /// Sequenced events waiting for the group-commit writer.
 #[derive(Default)]
 struct Queue {
@@ -178,7 +170,7 @@ struct Queue {
 /// Dropping the store commits what is queued, then stops the writer.
 pub struct EventStore {
     inner: Arc<Inner>,
-    /// The writer and publisher threads of a durable store.
+    /// The writer and sealer threads of a durable store.
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -231,9 +223,9 @@ impl Drop for EventStore {
             queue.lock().shutdown = true;
             ready.notify_all();
         }
-        // The writer drains the queue, then its channel closes and the publisher ends;
-        // only then is the sealer stopped, so that its last seal covers every event.
-        let sealer = (self.threads.len() > 2).then(|| self.threads.pop()).flatten();
+        // The writer drains and publishes the queue, then ends; only then is the sealer
+        // stopped, so that its last seal covers every event.
+        let sealer = (self.threads.len() > 1).then(|| self.threads.pop()).flatten();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
                 tracing::error!("a commit thread panicked");
@@ -267,7 +259,6 @@ impl EventStore {
         let checkpointed = inner.recover(recovered, checkpoint)?;
         let mut store = EventStore { inner, threads: Vec::new() };
         if group_commit {
-            let (to_publisher, from_writer) = std::sync::mpsc::channel();
             let spawn = |name: &str, work: Box<dyn FnOnce() + Send>| {
                 std::thread::Builder::new()
                     .name(name.to_string())
@@ -275,11 +266,7 @@ impl EventStore {
                     .map_err(|e| Error::Internal(format!("cannot start thread {name}: {e}")))
             };
             let inner = store.inner.clone();
-            store
-                .threads
-                .push(spawn("allsource-publish", Box::new(move || inner.run_publisher(from_writer)))?);
-            let inner = store.inner.clone();
-            store.threads.push(spawn("allsource-commit", Box::new(move || inner.run_writer(to_publisher)))?);
+            store.threads.push(spawn("allsource-commit", Box::new(move || inner.run_writer()))?);
             if let Some(chunk_events) = store.inner.log.chunk_events() {
                 let inner = store.inner.clone();
                 store.threads.push(spawn(
@@ -888,10 +875,16 @@ impl Inner {
     }
 
     /// The group-commit writer: drains every pending event, writes and syncs them
-    /// with one log write, hands the durable group to the publisher, and goes again,
-    /// until the store is dropped and the queue is empty. Publishing group N (the
-    /// projections and waking its appenders) overlaps with writing group N + 1.
-    fn run_writer(&self, publisher: std::sync::mpsc::Sender<Durable>) {
+    /// with one log write, publishes the durable group (projections, watermark, waking
+    /// its appenders), and goes again, until the store is dropped and the queue is
+    /// empty. Appends that arrive meanwhile make the next group.
+    ///
+    /// Publishing on this thread, rather than handing the group to a thread of its own
+    /// that publishes it while the next one is written, saves a hand-off between
+    /// threads per group, which on the project's 2-core VM (where waking a thread on
+    /// the other core costs ~35 µs) was worth more than the overlap: the durable bench's
+    /// single writer 3.6K -> 5.0K events/s, batches over HTTP +3.5%.
+    fn run_writer(&self) {
         let Some((queue, ready)) = &self.queue else { return };
         loop {
             let group = {
@@ -904,28 +897,14 @@ impl Inner {
                 }
                 std::mem::take(&mut pending.events)
             };
-            let outcome = match self.failure() {
-                Some(error) => Durable::Failed(error),
+            match self.failure() {
+                Some(error) => self.waiters.fail(&error),
                 None => match self.log.append(&group) {
-                    Ok(()) => Durable::Group(group),
-                    // New appends are refused from here on; the publisher fails the
-                    // waiters once the groups before this one are published.
-                    Err(error) => Durable::Failed(self.mark_failed(error)),
+                    Ok(()) => self.publish_group(&group),
+                    // New appends are refused from here on; the groups before this one
+                    // are published, so only the waiters from this one on fail.
+                    Err(error) => self.waiters.fail(&self.mark_failed(error)),
                 },
-            };
-            if publisher.send(outcome).is_err() {
-                return;
-            }
-        }
-    }
-
-    /// The publisher: makes durable groups visible in the order they were written, and
-    /// fails every waiter once a write has failed.
-    fn run_publisher(&self, durable: std::sync::mpsc::Receiver<Durable>) {
-        for outcome in durable {
-            match outcome {
-                Durable::Group(group) => self.publish_group(&group),
-                Durable::Failed(error) => self.waiters.fail(&error),
             }
         }
     }
@@ -939,7 +918,7 @@ impl EventStore {
 
     /// Registers `listener`, called with the new committed position each time it
     /// advances, after the events up to it are visible to every read. It runs on the
-    /// thread that commits (the publisher thread, or an appender's with an in-memory
+    /// thread that commits (the commit writer thread, or an appender's with an in-memory
     /// log), so it must be quick and must not block: wake a waiter, set a flag (and not
     /// register another listener). A listener stays registered for the life of the store.
     pub fn on_commit(&self, listener: impl Fn(Position) + Send + Sync + 'static) {

@@ -445,7 +445,7 @@ fn concurrent_writers_get_gapless_unique_positions_and_versions() {
 
 /// `on_commit` listeners hear every advance of the committed position, once the events
 /// up to it are readable: with the inline commit of the in-memory log and with the
-/// publisher thread of a durable one.
+/// commit writer thread of a durable one.
 #[test]
 fn commit_listeners_see_each_advance_once_it_is_visible() {
     let dir = tempfile::tempdir().unwrap();

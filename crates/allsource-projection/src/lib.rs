@@ -158,7 +158,7 @@ pub struct EntitySnapshots {
 impl Default for EntitySnapshots {
     /// [`MAP_SHARDS`](allsource_core_types::MAP_SHARDS) shards, not the default 4 per
     /// core: a shard that outgrows its table moves every entry while it holds the
-    /// shard's lock, and the publisher, which every append waits for, is the one
+    /// shard's lock, and the commit writer, which every append waits for, is the one
     /// inserting.
     fn default() -> Self {
         EntitySnapshots {
