@@ -53,8 +53,13 @@ fn open_sim(fs: &SimFs, segment_bytes_max: u64) -> Result<Wal, allsource_core_ty
 /// Writes groups of 1, 2, 3, ... events up to position `last` and returns the
 /// sizes of the groups.
 fn write_groups(wal: &Wal, last: Position) -> Vec<usize> {
+    write_groups_from(wal, 1, last)
+}
+
+/// [`write_groups`] from position `first`.
+fn write_groups_from(wal: &Wal, first: Position, last: Position) -> Vec<usize> {
     let mut sizes = Vec::new();
-    let mut next = 1;
+    let mut next = first;
     let mut size = 1;
     while next <= last {
         let end = (next + size - 1).min(last);
@@ -173,14 +178,21 @@ fn torn_tail_is_cut_at_every_byte_offset() {
     }
 }
 
-#[test]
-fn garbage_after_the_last_record_is_cut() {
+/// A WAL of one segment holding positions 1..=6, closed: the file system, the
+/// segment's path and its bytes.
+fn six_events_in_one_segment() -> (SimFs, PathBuf, Vec<u8>) {
     let fs = SimFs::new();
     let wal = open_sim(&fs, u64::MAX).unwrap();
     write_groups(&wal, 6);
     drop(wal);
     let path = segment_paths(&fs).remove(0);
-    let clean = fs.file(&path).unwrap();
+    let bytes = fs.file(&path).unwrap();
+    (fs, path, bytes)
+}
+
+#[test]
+fn garbage_after_the_last_record_is_cut() {
+    let (fs, path, clean) = six_events_in_one_segment();
     for garbage in [vec![0xFF; 17], (0..=255u8).collect::<Vec<_>>(), [vec![0u8; 100], vec![1]].concat()] {
         let mut bytes = clean.clone();
         bytes.extend_from_slice(&garbage);
@@ -195,12 +207,7 @@ fn garbage_after_the_last_record_is_cut() {
 
 #[test]
 fn zeros_after_the_last_record_are_preallocated_space_and_are_written_over() {
-    let fs = SimFs::new();
-    let wal = open_sim(&fs, u64::MAX).unwrap();
-    write_groups(&wal, 6);
-    drop(wal);
-    let path = segment_paths(&fs).remove(0);
-    let clean = fs.file(&path).unwrap();
+    let (fs, path, clean) = six_events_in_one_segment();
     for zeros in [1, 15, 16, 4096] {
         fs.set_file(&path, [clean.clone(), vec![0u8; zeros]].concat());
         let (wal, report) =
@@ -353,16 +360,6 @@ fn a_spare_that_cannot_be_made_is_removed_and_segments_grow_as_before() {
     drop(wal);
     let wal = open_sim(&fs, 400).unwrap();
     assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=30)));
-}
-
-/// Appends positions `first..=last` in groups of 1, 2, 3, ...
-fn write_groups_from(wal: &Wal, first: Position, last: Position) {
-    let (mut next, mut size) = (first, 1);
-    while next <= last {
-        let end = (next + size - 1).min(last);
-        wal.append(&events(next..=end)).unwrap();
-        (next, size) = (end + 1, size + 1);
-    }
 }
 
 #[test]
