@@ -358,8 +358,9 @@ pub(crate) mod schema {
     }
 
     /// A batch to append atomically, as `application/json`. Other top-level fields are
-    /// ignored.
+    /// rejected (`400 InvalidEvent`).
     #[derive(ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub(crate) struct BatchRequest {
         /// 1..=10,000 events, appended with consecutive positions, or none.
         #[schema(min_items = 1, max_items = 10000)]

@@ -750,6 +750,8 @@ pub fn batch_atomicity(c: &impl Client) {
         (json!({"events": null}), "InvalidEvent"),
         (json!({"events": "x"}), "InvalidEvent"),
         (json!({"items": [good(0)]}), "InvalidEvent"),
+        // A condition beside `events` would hold nothing back: refused, not ignored.
+        (json!({"events": [good(0)], "expected_version": 0}), "InvalidEvent"),
         (json!([good(0)]), "InvalidEvent"),
         (json!([[good(0)]]), "InvalidEvent"),
         (json!(null), "InvalidEvent"),
