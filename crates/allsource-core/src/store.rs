@@ -1142,7 +1142,10 @@ impl EventStore {
     }
 
     /// Registers a custom projection. It first sees every event already committed, then
-    /// every new one, each exactly once and in position order.
+    /// every new one, each exactly once and in position order. Its
+    /// [`Projection::process`] runs on the thread that commits, before the appenders
+    /// are answered and (with a durable log) before the next group is written: it
+    /// should be quick.
     pub fn register_projection(&self, projection: Arc<dyn Projection>) -> Result<()> {
         // Holding the apply lock keeps commits out while the projection catches up.
         let _apply = self.inner.apply_lock.lock();
