@@ -339,6 +339,36 @@ fn a_spare_left_by_a_crash_is_removed_and_segments_keep_their_events() {
 }
 
 #[test]
+fn a_reopened_spare_segment_is_written_over_not_closed_early() {
+    let fs = SimFs::new();
+    let wal = open_sim(&fs, 4_000).unwrap();
+    // Until the open segment is a spare a quarter full or more, with room left.
+    let logical_end = |bytes: &[u8]| bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1);
+    let mut next = 1;
+    let segments = loop {
+        wal.append(&events(next..=next)).unwrap();
+        next += 1;
+        let segments = segment_paths(&fs);
+        let last = fs.file(segments.last().unwrap()).unwrap();
+        if segments.len() >= 2 && last.len() == 4_000 && (1_000..2_500).contains(&logical_end(&last)) {
+            break segments;
+        }
+        assert!(next < 200, "no spare a quarter full after {next} events");
+    };
+    drop(wal);
+    let wal = open_sim(&fs, 4_000).unwrap();
+    // The first append makes a spare (the segment is a quarter full); the second goes
+    // into the same segment, over its zeros, rather than closing it for the spare.
+    wal.append(&events(next..=next)).unwrap();
+    wal.append(&events(next + 1..=next + 1)).unwrap();
+    assert!(fs.file(Path::new("/data/wal/next-segment.spare")).is_some(), "{:?}", fs.paths());
+    assert_eq!(segment_paths(&fs), segments);
+    drop(wal);
+    let wal = open_sim(&fs, 4_000).unwrap();
+    assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=next + 1)));
+}
+
+#[test]
 fn a_spare_that_cannot_be_made_is_removed_and_segments_grow_as_before() {
     let fs = SimFs::new();
     let wal = open_sim(&fs, 400).unwrap();

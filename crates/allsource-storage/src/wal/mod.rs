@@ -300,7 +300,12 @@ impl Wal {
     ) -> Result<(Wal, RecoveryReport), Error> {
         create_dir_durably(fs.as_ref(), dir)?;
         let base_last = base.last_position;
-        let (events, report, file) = recover(fs.as_ref(), dir, base)?;
+        let (events, report, open) = recover(fs.as_ref(), dir, base)?;
+        // A last segment that was a spare keeps being written over its zeros.
+        let (file, over_zeros) = match open {
+            Some(open) => (Some(open.file), open.over_zeros),
+            None => (None, false),
+        };
         // Only committed events are sealed, and only segments wholly sealed are removed:
         // the WAL always reaches at least as far as the archive.
         if let Some(wal_last) = report.wal_last.filter(|&last| last < base_last) {
@@ -326,7 +331,7 @@ impl Wal {
                 segments: report.kept_segments.clone(),
                 poisoned: None,
                 buffer: Vec::new(),
-                over_zeros: false,
+                over_zeros,
             }),
             recovered: Mutex::new(Some(events)),
             spare: Arc::default(),
@@ -714,7 +719,14 @@ impl RecoveryBase {
     }
 }
 
-type Recovered = (Vec<Event>, RecoveryReport, Option<Box<dyn AppendFile>>);
+type Recovered = (Vec<Event>, RecoveryReport, Option<OpenSegment>);
+
+/// The last segment, open for appending after recovery.
+struct OpenSegment {
+    file: Box<dyn AppendFile>,
+    /// It ends in zeros (it was a spare): appends go over them.
+    over_zeros: bool,
+}
 
 /// Reads every segment in order; see "Recovery" in `docs/storage-format.md`. Events at
 /// or before `base`'s last position (already in the archive) are skipped; the rest
@@ -727,7 +739,7 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
     // The position the next record must start at, once a segment has been read.
     let mut next_expected: Option<Position> = None;
     let mut report = RecoveryReport::default();
-    let mut open: Option<(PathBuf, usize)> = None;
+    let mut open: Option<(PathBuf, usize, bool)> = None;
     let count = segments.len();
     for (index, first) in segments.into_iter().enumerate() {
         let is_last = index + 1 == count;
@@ -767,6 +779,7 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
         report.segments += 1;
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut next = first;
+        let mut zeros_after = false;
         loop {
             match format::read_record(&bytes[offset..], next) {
                 RecordRead::Record { len, events: mut decoded } => {
@@ -792,7 +805,10 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
                 // The zeros of a preallocated segment: nothing was ever written here.
                 // (Lost records in an earlier segment would still be caught: the next
                 // segment's first position would not follow.)
-                RecordRead::Invalid(_) if bytes[offset..].iter().all(|&b| b == 0) => break,
+                RecordRead::Invalid(_) if bytes[offset..].iter().all(|&b| b == 0) => {
+                    zeros_after = true;
+                    break;
+                }
                 RecordRead::Invalid(why) => {
                     if !is_last || format::valid_record_follows(&bytes[offset + 1..]).is_some() {
                         return Err(corrupt(offset, &why));
@@ -816,19 +832,21 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
         report.bytes += offset as u64;
         report.kept_segments.push((first, offset as u64));
         if is_last {
-            open = Some((path, offset));
+            open = Some((path, offset, zeros_after));
         }
     }
     report.events = events.len() as u64;
     report.wal_last = next_expected.map(|next| next - 1);
-    let file = match open {
-        Some((path, end)) => Some(
-            fs.open_at(&path, end as u64)
+    let open = match open {
+        Some((path, end, over_zeros)) => Some(OpenSegment {
+            file: fs
+                .open_at(&path, end as u64)
                 .map_err(|e| storage_error(format!("cannot open {}: {e}", path.display())))?,
-        ),
+            over_zeros,
+        }),
         None => None,
     };
-    Ok((events, report, file))
+    Ok((events, report, open))
 }
 
 #[cfg(test)]
