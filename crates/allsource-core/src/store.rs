@@ -703,8 +703,8 @@ impl Inner {
         self.event_types.push(&event.event_type, event.position);
     }
 
-    /// The inline commit step for a group of sequenced events: the log write, then
-    /// the publication.
+    /// The commit step for a group of sequenced events: the log write, then the
+    /// publication; inline (in-memory log) or on the group-commit writer's thread.
     fn commit(&self, events: &[Arc<Event>]) -> Result<()> {
         if let Some(error) = self.failure() {
             self.waiters.fail(&error);
@@ -897,15 +897,10 @@ impl Inner {
                 }
                 std::mem::take(&mut pending.events)
             };
-            match self.failure() {
-                Some(error) => self.waiters.fail(&error),
-                None => match self.log.append(&group) {
-                    Ok(()) => self.publish_group(&group),
-                    // New appends are refused from here on; the groups before this one
-                    // are published, so only the waiters from this one on fail.
-                    Err(error) => self.waiters.fail(&self.mark_failed(error)),
-                },
-            }
+            // The same step as an inline commit. A failure has already reached this
+            // group's waiters (and turned the store read-only); the groups before it
+            // are published, so only the waiters from this one on fail.
+            let _ = self.commit(&group);
         }
     }
 }
