@@ -198,6 +198,9 @@ struct WalState {
     buffer: Vec<u8>,
     /// The open segment was a spare: its records go over zeros, not past its end.
     over_zeros: bool,
+    /// A spare was asked for since the open segment began: asked once per segment,
+    /// so that later writes take no lock for it.
+    spare_asked: bool,
 }
 
 /// Figures for `describe`, kept apart from the state so that reading them never waits
@@ -332,6 +335,7 @@ impl Wal {
                 poisoned: None,
                 buffer: Vec::new(),
                 over_zeros,
+                spare_asked: false,
             }),
             recovered: Mutex::new(Some(events)),
             spare: Arc::default(),
@@ -350,6 +354,7 @@ impl Wal {
         let header = format::segment_header(state.next_position);
         let spare = self.spare.slot.lock().ready.take();
         state.over_zeros = spare.is_some();
+        state.spare_asked = false;
         let file = match spare {
             Some(mut file) => {
                 let spare_path = self.dir.join(SPARE_NAME);
@@ -410,11 +415,13 @@ impl Wal {
                 }
                 Ok(())
             });
-        if let Some((_, bytes)) = state.segments.last_mut() {
+        let quarter_full = state.segments.last_mut().is_some_and(|(_, bytes)| {
             *bytes += buffer.len() as u64;
-            if result.is_ok() && *bytes >= self.config.segment_bytes_max / 4 {
-                self.want_spare();
-            }
+            *bytes >= self.config.segment_bytes_max / 4
+        });
+        if result.is_ok() && quarter_full && !state.spare_asked {
+            state.spare_asked = true;
+            self.want_spare();
         }
         self.stats.bytes.fetch_add(buffer.len() as u64, Ordering::Relaxed);
         state.buffer = buffer;
