@@ -618,11 +618,14 @@ pub(crate) fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
     Ok(file)
 }
 
-/// The first positions of the segments of `dir`, sorted.
-fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Position>, Error> {
+/// The first positions of the segments of `dir`, sorted; and whether a spare segment
+/// was left there.
+fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<(Vec<Position>, bool), Error> {
     let names = fs.list(dir).map_err(|e| storage_error(format!("cannot list {}: {e}", dir.display())))?;
     let mut segments = Vec::new();
+    let mut spare = false;
     for name in names {
+        spare |= name == SPARE_NAME;
         let Some(stem) = name.strip_suffix(".wal") else { continue };
         let first: Position = stem
             .parse()
@@ -630,18 +633,7 @@ fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Vec<Position>, Error> {
         segments.push(first);
     }
     segments.sort_unstable();
-    Ok(segments)
-}
-
-/// Removes a spare segment left by the last run: it may be unfinished, and a new one is
-/// made when it is wanted.
-fn remove_spare(fs: &dyn Fs, dir: &Path) -> Result<(), Error> {
-    let names = fs.list(dir).map_err(|e| storage_error(format!("cannot list {}: {e}", dir.display())))?;
-    if names.iter().any(|name| name == SPARE_NAME) {
-        let path = dir.join(SPARE_NAME);
-        fs.remove(&path).map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
-    }
-    Ok(())
+    Ok((segments, spare))
 }
 
 /// What the log held before the WAL's first event: the WAL checks that its events
@@ -739,8 +731,12 @@ struct OpenSegment {
 /// or before `base`'s last position (already in the archive) are skipped; the rest
 /// must continue it.
 fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered, Error> {
-    let segments = list_segments(fs, dir)?;
-    remove_spare(fs, dir)?;
+    let (segments, spare) = list_segments(fs, dir)?;
+    if spare {
+        // Left by the last run, maybe unfinished: a new one is made when it is wanted.
+        let path = dir.join(SPARE_NAME);
+        fs.remove(&path).map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
+    }
     let mut events: Vec<Event> = Vec::new();
     let skip_through = base.last_position;
     // The position the next record must start at, once a segment has been read.
