@@ -355,28 +355,26 @@ impl Wal {
         let spare = self.spare.slot.lock().ready.take();
         state.over_zeros = spare.is_some();
         state.spare_asked = false;
-        let file = match spare {
-            Some(mut file) => {
-                let spare_path = self.dir.join(SPARE_NAME);
-                file.write_all(&header)
-                    .map_err(|e| format!("cannot write segment header {}: {e}", spare_path.display()))?;
-                file.sync_data().map_err(|e| format!("cannot sync segment {}: {e}", spare_path.display()))?;
-                self.fs.rename(&spare_path, &path).map_err(|e| {
-                    format!("cannot rename {} to {}: {e}", spare_path.display(), path.display())
-                })?;
-                file
-            }
+        // The file the header goes into: the spare, or a new file under its final name.
+        let spare_path = self.dir.join(SPARE_NAME);
+        let (mut file, written) = match spare {
+            Some(file) => (file, &spare_path),
             None => {
-                let mut file = self
+                let file = self
                     .fs
                     .create(&path)
                     .map_err(|e| format!("cannot create segment {}: {e}", path.display()))?;
-                file.write_all(&header)
-                    .map_err(|e| format!("cannot write segment header {}: {e}", path.display()))?;
-                file.sync_data().map_err(|e| format!("cannot sync segment {}: {e}", path.display()))?;
-                file
+                (file, &path)
             }
         };
+        file.write_all(&header)
+            .map_err(|e| format!("cannot write segment header {}: {e}", written.display()))?;
+        file.sync_data().map_err(|e| format!("cannot sync segment {}: {e}", written.display()))?;
+        if state.over_zeros {
+            self.fs
+                .rename(&spare_path, &path)
+                .map_err(|e| format!("cannot rename {} to {}: {e}", spare_path.display(), path.display()))?;
+        }
         self.fs
             .sync_dir(&self.dir)
             .map_err(|e| format!("cannot sync directory {}: {e}", self.dir.display()))?;
