@@ -12,9 +12,8 @@ use allsource_core_types::{
 use allsource_index::{first_position_where, IdIndex, PositionIndex, PositionRange};
 use allsource_projection::{Projection, ProjectionRegistry, Snapshot};
 use allsource_storage::archive::{Checkpoint, NewCheckpoint};
-use allsource_storage::columnar::{IpcStreamWriter, ParquetFileWriter};
+use allsource_storage::columnar::{EventColumns, IpcStreamWriter, ParquetFileWriter};
 use allsource_storage::{DurableLog, Log, LogInfo, MemoryLog, Recovered, RecoveryReport, WalConfig};
-use arrow_array::RecordBatch;
 use foldhash::fast::RandomState;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Serialize;
@@ -822,9 +821,9 @@ impl Inner {
     }
 
     /// Turns the table's full chunks that are sealed on disk into columns, freeing
-    /// their event objects; `written`, the batch the log just sealed, serves as the
-    /// columns of the chunk it covers. A failure is logged: the chunk stays as it is.
-    fn seal_table_chunks(&self, written: &RecordBatch) {
+    /// their event objects; `written`, the columns the log just sealed, serve as the
+    /// columns of the chunk they cover. A failure is logged: the chunk stays as it is.
+    fn seal_table_chunks(&self, written: &EventColumns) {
         let mut intern = |text: &str| intern_event_type(&mut self.sequencer.lock().event_types, text);
         for index in self.table.full_open_chunks(self.log.sealed_position()) {
             if let Err(error) = self.table.seal(index, written, &mut intern) {
@@ -957,7 +956,9 @@ impl EventStore {
     pub fn query_arrow_ipc(&self, request: QueryEventsRequest) -> Result<(Vec<u8>, usize, Option<Position>)> {
         let page = self.query_views(request)?;
         let mut writer = IpcStreamWriter::new(Vec::new())?;
-        writer.write_batch(columns_of(&page.events)?.batch())?;
+        for batch in columns_of(&page.events)?.batches() {
+            writer.write_batch(batch)?;
+        }
         Ok((writer.finish()?, page.events.len(), page.next_after))
     }
 
@@ -982,10 +983,11 @@ impl EventStore {
         loop {
             let page = self.query_page(&query, ceiling);
             if !page.events.is_empty() {
-                let columns = columns_of(&page.events)?;
-                match &mut sink {
-                    ExportSink::Ipc(writer) => writer.write_batch(columns.batch())?,
-                    ExportSink::Parquet(writer) => writer.write_batch(columns.batch())?,
+                for batch in columns_of(&page.events)?.batches() {
+                    match &mut sink {
+                        ExportSink::Ipc(writer) => writer.write_batch(batch)?,
+                        ExportSink::Parquet(writer) => writer.write_batch(batch)?,
+                    }
                 }
                 written += page.events.len() as u64;
             }

@@ -12,8 +12,7 @@
 use std::sync::{Arc, OnceLock};
 
 use allsource_core_types::{Error, Event, EventType, Position, Timestamp, Version};
-use allsource_storage::columnar::{EventColumns, JsonCheck};
-use arrow_array::RecordBatch;
+use allsource_storage::columnar::EventColumns;
 use parking_lot::RwLock;
 use uuid::Uuid;
 
@@ -282,14 +281,13 @@ pub(crate) fn columns_of(views: &[EventView]) -> Result<EventColumns, Error> {
                     events.push(event.clone());
                     i += 1;
                 }
-                let batch = allsource_storage::columnar::to_record_batch(&events)?;
-                parts.push(EventColumns::try_new(&batch, JsonCheck::Trust)?);
+                parts.push(allsource_storage::columnar::to_columns(&events)?);
             }
         }
         debug_assert!(i > start);
     }
     match parts.len() {
-        0 => EventColumns::try_new(&allsource_storage::columnar::to_record_batch(&[])?, JsonCheck::Trust),
+        0 => allsource_storage::columnar::to_columns(&[]),
         1 => Ok(parts.remove(0)),
         _ => EventColumns::concat(&parts),
     }
@@ -409,34 +407,27 @@ impl EventTable {
         (0..full.min(chunks.len())).filter(|&i| matches!(chunks[i], Chunk::Open(_))).collect()
     }
 
-    /// Turns the full open chunk `index` into a sealed one (its events as one record
-    /// batch). Readers holding its events keep them; new reads read the columns.
-    /// `written` is a batch the log has just sealed: kept as the chunk's columns when
-    /// it holds exactly this chunk's rows (made from the same events by the same
-    /// function), instead of building the same columns a second time.
+    /// Turns the full open chunk `index` into a sealed one (its events as columns).
+    /// Readers holding its events keep them; new reads read the columns. `written` is
+    /// what the log has just sealed: kept as the chunk's columns when it holds exactly
+    /// this chunk's rows (made from the same events by the same function), instead of
+    /// building the same columns a second time.
     pub(crate) fn seal(
         &self,
         index: usize,
-        written: &RecordBatch,
+        written: &EventColumns,
         intern: &mut dyn FnMut(&str) -> Result<EventType, Error>,
     ) -> Result<(), Error> {
         let Some(Chunk::Open(slots)) = self.chunks.read().get(index).cloned() else { return Ok(()) };
         let first = (index * CHUNK_EVENTS) as Position + 1;
-        // Checked as columns only when it has a chunk's rows: a partial batch never is.
-        let reused = if written.num_rows() == CHUNK_EVENTS {
-            Some(EventColumns::try_new(written, JsonCheck::Trust)?).filter(|c| c.position(0) == first)
-        } else {
-            None
-        };
-        let columns = if let Some(written) = reused {
-            written
+        let columns = if written.len() == CHUNK_EVENTS && written.position(0) == first {
+            written.clone()
         } else {
             let events =
                 slots.iter().map(|slot| slot.get().cloned()).collect::<Option<Vec<_>>>().ok_or_else(
                     || Error::Internal(format!("chunk {index} is not full; it cannot be sealed")),
                 )?;
-            let batch = allsource_storage::columnar::to_record_batch(&events)?;
-            EventColumns::try_new(&batch, JsonCheck::Trust)?
+            allsource_storage::columnar::to_columns(&events)?
         };
         let sealed = Chunk::Sealed(Arc::new(SealedChunk::new(columns, intern)?));
         self.chunks.write()[index] = sealed;

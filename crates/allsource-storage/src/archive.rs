@@ -11,11 +11,13 @@ use std::sync::Arc;
 use allsource_core_types::{Error, Event, JsonWriter, Position};
 use arrow_array::RecordBatch;
 use parking_lot::Mutex;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::columnar::{to_record_batch, EventColumns, JsonCheck, ParquetFileWriter};
+use crate::columnar::{to_columns_within, EventColumns, JsonCheck, ParquetFileWriter, BATCH_TEXT_BYTES_MAX};
 use crate::fs::{AppendFile, Fs};
 use crate::wal::RecoveryBase;
 
@@ -136,6 +138,9 @@ pub struct Archive {
     /// Held for a whole seal or merge, so that they come one at a time while readers of
     /// the manifest never wait for a chunk file to be written.
     changes: Mutex<()>,
+    /// The most text a column of one record batch, or of one row group of a chunk
+    /// file, holds: [`BATCH_TEXT_BYTES_MAX`], less in tests.
+    text_bytes_max: usize,
 }
 
 fn storage_error(message: String) -> Error {
@@ -221,6 +226,7 @@ impl Archive {
             data_dir: data_dir.to_path_buf(),
             manifest: Mutex::new(manifest),
             changes: Mutex::new(()),
+            text_bytes_max: BATCH_TEXT_BYTES_MAX,
         };
         archive.remove_leftovers()?;
         Ok((archive, sealed, base))
@@ -273,8 +279,8 @@ impl Archive {
     /// chunk: the Parquet file is written under a temporary name, synced, renamed and
     /// its directory synced; then the manifest is replaced the same way. The manifest
     /// swap is the commit point: a crash before it leaves the events in the WAL only.
-    /// Returns the chunk's entry and the record batch written.
-    pub fn seal(&self, events: &[Arc<Event>]) -> Result<(ChunkEntry, RecordBatch), Error> {
+    /// Returns the chunk's entry and the columns written.
+    pub fn seal(&self, events: &[Arc<Event>]) -> Result<(ChunkEntry, EventColumns), Error> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Err(Error::Internal("sealing an empty chunk".to_string()));
         };
@@ -290,25 +296,25 @@ impl Archive {
                 expected - 1
             )));
         }
-        let batch = to_record_batch(events)?;
-        let entry = self.write_chunk(first.position, last.position, &[&batch])?;
+        let columns = to_columns_within(events, self.text_bytes_max)?;
+        let entry = self.write_chunk(first.position, last.position, columns.batches())?;
         let mut next = manifest;
         next.chunks.push(entry.clone());
         self.replace_manifest(next)?;
-        Ok((entry, batch))
+        Ok((entry, columns))
     }
 
     /// Writes the chunk file of `first..=last` from `batches`, durably (temporary name,
     /// fsync, rename, fsync of `chunks/`); returns its manifest entry, not yet listed.
-    fn write_chunk(
+    fn write_chunk<'a>(
         &self,
         first: Position,
         last: Position,
-        batches: &[&RecordBatch],
+        batches: impl Iterator<Item = &'a RecordBatch>,
     ) -> Result<ChunkEntry, Error> {
         let name = chunk_file_name(first, last);
         let (bytes, crc32c) = self.write_durably(&self.data_dir.join(CHUNKS_DIR), &name, |out| {
-            let mut writer = ParquetFileWriter::new(out)?;
+            let mut writer = ParquetFileWriter::with_text_bytes_max(out, self.text_bytes_max)?;
             for batch in batches {
                 writer.write_batch(batch)?;
             }
@@ -364,8 +370,11 @@ impl Archive {
                     .map_err(|why| storage_error(format!("cannot merge {}: {why}", path.display())))?,
             );
         }
-        let batches: Vec<_> = parts.iter().map(EventColumns::batch).collect();
-        let merged = self.write_chunk(first.first_position, last.last_position, &batches)?;
+        let merged = self.write_chunk(
+            first.first_position,
+            last.last_position,
+            parts.iter().flat_map(EventColumns::batches),
+        )?;
         let mut next = manifest;
         next.chunks.splice(start..end, [merged.clone()]);
         self.replace_manifest(next)?;
@@ -456,21 +465,27 @@ fn read_chunk(fs: &dyn Fs, path: &Path, chunk: &ChunkEntry) -> Result<EventColum
         }
     }
     let json = if chunk.crc32c.is_some() { JsonCheck::Trust } else { JsonCheck::Validate };
-    let rows = usize::try_from(chunk.last_position.saturating_sub(chunk.first_position) + 1)
-        .map_err(|_| "too many rows".to_string())?;
     let decode = || -> Result<EventColumns, String> {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(bytes))
-            .and_then(|builder| builder.with_batch_size(rows.max(1)).build())
-            .map_err(|e| e.to_string())?;
-        let schema = arrow_array::RecordBatchReader::schema(&reader);
-        let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
-        let batch = match <[_; 1]>::try_from(batches) {
-            Ok([batch]) => batch,
-            Err(batches) => {
-                arrow_select::concat::concat_batches(&schema, &batches).map_err(|e| e.to_string())?
-            }
-        };
-        EventColumns::try_new(&batch, json).map_err(|e| e.to_string())
+        let bytes = bytes::Bytes::from(bytes);
+        let metadata =
+            ArrowReaderMetadata::load(&bytes, ArrowReaderOptions::default()).map_err(|e| e.to_string())?;
+        // One batch per row group: a row group holds no more text than a batch can (the
+        // writer cuts them so), where the rows of a file may hold more. Then joined
+        // into as few batches as the texts allow.
+        let row_groups = metadata.metadata().row_groups().len();
+        let mut parts = Vec::with_capacity(row_groups);
+        for row_group in 0..row_groups {
+            let group_rows =
+                usize::try_from(metadata.metadata().row_group(row_group).num_rows()).unwrap_or(0);
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(bytes.clone(), metadata.clone())
+                .with_row_groups(vec![row_group])
+                .with_batch_size(group_rows.max(1))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+            parts.push(EventColumns::try_from_batches(&batches, json).map_err(|e| e.to_string())?);
+        }
+        EventColumns::concat(&parts).map_err(|e| e.to_string())
     };
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode))
         .unwrap_or_else(|_| Err("the Parquet decoder failed on it".to_string()))
@@ -528,6 +543,46 @@ impl Write for &mut CountingWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(position: Position) -> Arc<Event> {
+        Arc::new(Event {
+            id: uuid::Uuid::from_u128(u128::from(position)),
+            event_type: allsource_core_types::EventType::try_from("doc.written").unwrap(),
+            entity_id: allsource_core_types::EntityId::try_from(format!("doc-{position}")).unwrap(),
+            payload: serde_json::json!({"body": "x".repeat(40 + position as usize)}).into(),
+            metadata: serde_json::json!({}).into(),
+            timestamp: allsource_core_types::Timestamp::from_micros(1_795_000_000_000_000 + position as i64),
+            version: 1,
+            position,
+        })
+    }
+
+    #[test]
+    fn a_chunk_with_more_text_than_a_batch_holds_is_sealed_in_row_groups_and_read_back() {
+        let fs: Arc<dyn Fs> = Arc::new(crate::sim::SimFs::new());
+        let dir = Path::new("/data");
+        let (mut archive, sealed, _) = Archive::open(fs.clone(), dir).unwrap();
+        assert!(sealed.is_empty());
+        // As 65,536 events of more than 32 KiB of payload each would with the real limit.
+        archive.text_bytes_max = 500;
+        let events: Vec<Arc<Event>> = (1..=30).map(event).collect();
+        let (entry, columns) = archive.seal(&events).unwrap();
+        assert!(columns.batches().len() >= 4, "{} batches", columns.batches().len());
+        let file = bytes::Bytes::from(fs.read(&dir.join(CHUNKS_DIR).join(&entry.file)).unwrap());
+        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::default()).unwrap();
+        assert!(
+            metadata.metadata().num_row_groups() >= 4,
+            "{} row groups",
+            metadata.metadata().num_row_groups()
+        );
+        drop(archive);
+
+        let (_, sealed, base) = Archive::open(fs, dir).unwrap();
+        assert_eq!(base.last_position(), 30);
+        let [columns] = sealed.as_slice() else { panic!("{} chunks", sealed.len()) };
+        let read: Vec<Event> = (0..columns.len()).map(|row| columns.event(row).unwrap()).collect();
+        assert_eq!(read, events.iter().map(|e| (**e).clone()).collect::<Vec<_>>());
+    }
 
     #[test]
     fn a_leftover_names_what_was_interrupted() {

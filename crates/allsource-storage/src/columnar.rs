@@ -24,8 +24,8 @@ use arrow_array::builder::{FixedSizeBinaryBuilder, StringBuilder, StringDictiona
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampMicrosecondType, UInt64Type};
 use arrow_array::{
-    Array, ArrayRef, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt64Array,
+    Array, ArrayRef, DictionaryArray, FixedSizeBinaryArray, Int32Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
@@ -79,46 +79,47 @@ fn arrow_error(context: &str, error: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{context}: {error}"))
 }
 
-/// The events as one record batch of [`schema`].
-pub fn to_record_batch(events: &[Arc<Event>]) -> Result<RecordBatch, Error> {
-    let n = events.len();
-    // Exact capacities: a sealed chunk is held in memory as this batch, so slack left
-    // by a growing buffer would be kept for as long as the process runs.
-    let text_bytes = |text: fn(&Event) -> usize| events.iter().map(|e| text(e)).sum::<usize>();
-    let mut ids = FixedSizeBinaryBuilder::with_capacity(n, 16);
-    let mut event_types = StringDictionaryBuilder::<Int32Type>::new();
-    let mut entity_ids = StringBuilder::with_capacity(n, text_bytes(|e| e.entity_id.as_str().len()));
-    let mut payloads = StringBuilder::with_capacity(n, text_bytes(|e| e.payload.len()));
-    let mut metadata = StringBuilder::with_capacity(n, text_bytes(|e| e.metadata.len()));
-    let mut timestamps = Vec::with_capacity(n);
-    let mut versions = Vec::with_capacity(n);
-    let mut positions = Vec::with_capacity(n);
-    for event in events {
-        ids.append_value(event.id.as_bytes()).map_err(|e| arrow_error("id column", e))?;
-        event_types.append_value(event.event_type.as_str());
-        entity_ids.append_value(event.entity_id.as_str());
-        payloads.append_value(event.payload.as_str());
-        metadata.append_value(event.metadata.as_str());
-        timestamps.push(event.timestamp.as_micros());
-        versions.push(event.version);
-        positions.push(event.position);
-    }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(ids.finish()),
-        Arc::new(event_types.finish()),
-        Arc::new(entity_ids.finish()),
-        Arc::new(payloads.finish()),
-        Arc::new(metadata.finish()),
-        Arc::new(TimestampMicrosecondArray::from(timestamps).with_timezone("UTC")),
-        Arc::new(UInt64Array::from(versions)),
-        Arc::new(UInt64Array::from(positions)),
-    ];
-    RecordBatch::try_new(schema(), columns).map_err(|e| arrow_error("record batch", e))
+/// The most bytes of text one column of a record batch may hold: a `Utf8` column's
+/// offsets are `i32`. 65,536 events of 32 KiB payloads pass it.
+pub const BATCH_TEXT_BYTES_MAX: usize = i32::MAX as usize;
+
+/// The events as columns of [`schema`]: one record batch, or as many as their texts
+/// need (see [`BATCH_TEXT_BYTES_MAX`]).
+pub fn to_columns(events: &[Arc<Event>]) -> Result<EventColumns, Error> {
+    to_columns_within(events, BATCH_TEXT_BYTES_MAX)
 }
 
-/// The events of a record batch of [`schema`] (as written by [`to_record_batch`], or
-/// read back from an IPC stream or a Parquet file). Every value is checked: a batch
-/// that does not hold valid events is an error, never a panic.
+/// [`to_columns`], with at most `text_bytes_max` bytes of text in each column of a batch
+/// (an event with more gets a batch of its own).
+pub(crate) fn to_columns_within(events: &[Arc<Event>], text_bytes_max: usize) -> Result<EventColumns, Error> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    loop {
+        let mut text = TextBytes::default();
+        let mut end = start;
+        while let Some(event) = events.get(end) {
+            let next = text.plus(TextBytes([
+                event.entity_id.as_str().len(),
+                event.payload.len(),
+                event.metadata.len(),
+            ]));
+            if end > start && next.exceeds(text_bytes_max) {
+                break;
+            }
+            text = next;
+            end += 1;
+        }
+        parts.push(Part::from_events(&events[start..end], text)?);
+        start = end;
+        if start == events.len() {
+            return Ok(EventColumns::from_parts(parts));
+        }
+    }
+}
+
+/// The events of a record batch of [`schema`] (as made by [`to_columns`], or read back
+/// from an IPC stream or a Parquet file). Every value is checked: a batch that does not
+/// hold valid events is an error, never a panic.
 pub fn from_record_batch(batch: &RecordBatch) -> Result<Vec<Event>, Error> {
     let columns = EventColumns::try_new(batch, JsonCheck::Validate)?;
     (0..columns.len()).map(|row| columns.event(row)).collect()
@@ -135,8 +136,34 @@ pub enum JsonCheck {
     Trust,
 }
 
-/// A record batch of [`schema`] with its columns checked and typed, read row by row
-/// without making an [`Event`]: how the engine holds sealed events in memory.
+/// The bytes of text of a batch's `entity_id`, `payload` and `metadata` columns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct TextBytes([usize; 3]);
+
+impl TextBytes {
+    fn of(batch: &RecordBatch) -> TextBytes {
+        let bytes = |name: &str| {
+            batch.column_by_name(name).and_then(|c| c.as_string_opt::<i32>()).map_or(0, |texts| {
+                let offsets = texts.value_offsets();
+                let span = offsets.last().zip(offsets.first()).map_or(0, |(last, first)| last - first);
+                usize::try_from(span).unwrap_or(0)
+            })
+        };
+        TextBytes([bytes("entity_id"), bytes("payload"), bytes("metadata")])
+    }
+
+    fn plus(self, other: TextBytes) -> TextBytes {
+        TextBytes(std::array::from_fn(|i| self.0[i].saturating_add(other.0[i])))
+    }
+
+    fn exceeds(self, max: usize) -> bool {
+        self.0.iter().any(|&bytes| bytes > max)
+    }
+}
+
+/// Events as columns of [`schema`], read row by row without making an [`Event`]: how
+/// the engine holds sealed events in memory. The rows are one record batch, or several
+/// when their texts would not fit one (see [`BATCH_TEXT_BYTES_MAX`]).
 ///
 /// Checked once when made: the columns' types, no nulls, event types and entity ids
 /// that follow the id rule, dictionary keys in range and (with [`JsonCheck::Validate`])
@@ -144,6 +171,17 @@ pub enum JsonCheck {
 /// take `row < len()`.
 #[derive(Debug, Clone)]
 pub struct EventColumns {
+    /// At least one, possibly empty.
+    parts: Vec<Part>,
+    /// The first row of each part, then the number of rows.
+    starts: Vec<usize>,
+    /// Where each part's event types begin in [`EventColumns::event_type_values`].
+    type_bases: Vec<usize>,
+}
+
+/// One checked record batch of an [`EventColumns`].
+#[derive(Debug, Clone)]
+struct Part {
     batch: RecordBatch,
     ids: FixedSizeBinaryArray,
     event_type_keys: Int32Array,
@@ -156,10 +194,47 @@ pub struct EventColumns {
     positions: UInt64Array,
 }
 
-impl EventColumns {
-    /// Checks `batch` (see the type's documentation). An `event_type` column of plain
-    /// `Utf8` (as other writers may produce) is dictionary-encoded here.
-    pub fn try_new(batch: &RecordBatch, json: JsonCheck) -> Result<EventColumns, Error> {
+impl Part {
+    /// `events` as one batch; `text` is the bytes of their texts, for exact capacities
+    /// (a sealed chunk is held in memory as this batch, so slack left by a growing
+    /// buffer would be kept for as long as the process runs).
+    fn from_events(events: &[Arc<Event>], text: TextBytes) -> Result<Part, Error> {
+        let n = events.len();
+        let [entity_bytes, payload_bytes, metadata_bytes] = text.0;
+        let mut ids = FixedSizeBinaryBuilder::with_capacity(n, 16);
+        let mut event_types = StringDictionaryBuilder::<Int32Type>::new();
+        let mut entity_ids = StringBuilder::with_capacity(n, entity_bytes);
+        let mut payloads = StringBuilder::with_capacity(n, payload_bytes);
+        let mut metadata = StringBuilder::with_capacity(n, metadata_bytes);
+        let mut timestamps = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut positions = Vec::with_capacity(n);
+        for event in events {
+            ids.append_value(event.id.as_bytes()).map_err(|e| arrow_error("id column", e))?;
+            event_types.append_value(event.event_type.as_str());
+            entity_ids.append_value(event.entity_id.as_str());
+            payloads.append_value(event.payload.as_str());
+            metadata.append_value(event.metadata.as_str());
+            timestamps.push(event.timestamp.as_micros());
+            versions.push(event.version);
+            positions.push(event.position);
+        }
+        Part::assemble(
+            ids.finish(),
+            event_types.finish(),
+            entity_ids.finish(),
+            payloads.finish(),
+            metadata.finish(),
+            TimestampMicrosecondArray::from(timestamps),
+            UInt64Array::from(versions),
+            UInt64Array::from(positions),
+        )
+        .map_err(|why| arrow_error("record batch", why))
+    }
+
+    /// Checks `batch` (see [`EventColumns`]). An `event_type` column of plain `Utf8`
+    /// (as other writers may produce) is dictionary-encoded here.
+    fn try_new(batch: &RecordBatch, json: JsonCheck) -> Result<Part, Error> {
         let bad = |why: String| Error::Storage {
             message: format!("not a batch of events: {why}"),
             read_only: false,
@@ -192,54 +267,78 @@ impl EventColumns {
                 builder.finish()
             }
         };
-        let event_type_values = event_types
-            .values()
-            .as_string_opt::<i32>()
-            .ok_or_else(|| bad("event_type dictionary values are not Utf8".into()))?
-            .clone();
-        let event_type_keys = event_types.keys().clone();
-        let event_type_column: ArrayRef = Arc::new(event_types);
         let string_column = |name: &str| {
             column(name).and_then(|c| {
                 c.as_string_opt::<i32>().cloned().ok_or_else(|| bad(format!("{name} is not Utf8")))
             })
         };
-        let mut columns = EventColumns {
-            batch: batch.clone(),
+        let part = Part::assemble(
             ids,
-            event_type_keys,
-            event_type_values,
-            entity_ids: string_column("entity_id")?,
-            payloads: string_column("payload")?,
-            metadata: string_column("metadata")?,
-            timestamps: column("timestamp")?
+            event_types,
+            string_column("entity_id")?,
+            string_column("payload")?,
+            string_column("metadata")?,
+            column("timestamp")?
                 .as_primitive_opt::<TimestampMicrosecondType>()
                 .ok_or_else(|| bad("timestamp is not Timestamp(Microsecond)".into()))?
                 .clone(),
-            versions: column("version")?
+            column("version")?
                 .as_primitive_opt::<UInt64Type>()
                 .ok_or_else(|| bad("version is not UInt64".into()))?
                 .clone(),
-            positions: column("position")?
+            column("position")?
                 .as_primitive_opt::<UInt64Type>()
                 .ok_or_else(|| bad("position is not UInt64".into()))?
                 .clone(),
-        };
-        columns.check(json).map_err(bad)?;
-        // The batch again, in this schema whatever the source's (column order, plain
-        // event types, schema metadata), so that batches of any source join.
+        )
+        .map_err(bad)?;
+        part.check(json).map_err(bad)?;
+        Ok(part)
+    }
+
+    /// The part of these columns, with its batch in this schema whatever the source's
+    /// (column order, plain event types, schema metadata), so that batches of any
+    /// source join.
+    #[allow(clippy::too_many_arguments, reason = "one argument per column of the schema")]
+    fn assemble(
+        ids: FixedSizeBinaryArray,
+        event_types: DictionaryArray<Int32Type>,
+        entity_ids: StringArray,
+        payloads: StringArray,
+        metadata: StringArray,
+        timestamps: TimestampMicrosecondArray,
+        versions: UInt64Array,
+        positions: UInt64Array,
+    ) -> Result<Part, String> {
+        let event_type_values = event_types
+            .values()
+            .as_string_opt::<i32>()
+            .ok_or_else(|| "event_type dictionary values are not Utf8".to_string())?
+            .clone();
+        let timestamps = timestamps.with_timezone("UTC");
         let arrays: Vec<ArrayRef> = vec![
-            Arc::new(columns.ids.clone()),
-            event_type_column,
-            Arc::new(columns.entity_ids.clone()),
-            Arc::new(columns.payloads.clone()),
-            Arc::new(columns.metadata.clone()),
-            Arc::new(columns.timestamps.clone().with_timezone("UTC")),
-            Arc::new(columns.versions.clone()),
-            Arc::new(columns.positions.clone()),
+            Arc::new(ids.clone()),
+            Arc::new(event_types.clone()),
+            Arc::new(entity_ids.clone()),
+            Arc::new(payloads.clone()),
+            Arc::new(metadata.clone()),
+            Arc::new(timestamps.clone()),
+            Arc::new(versions.clone()),
+            Arc::new(positions.clone()),
         ];
-        columns.batch = RecordBatch::try_new(schema(), arrays).map_err(|e| bad(e.to_string()))?;
-        Ok(columns)
+        let batch = RecordBatch::try_new(schema(), arrays).map_err(|e| e.to_string())?;
+        Ok(Part {
+            batch,
+            ids,
+            event_type_keys: event_types.keys().clone(),
+            event_type_values,
+            entity_ids,
+            payloads,
+            metadata,
+            timestamps,
+            versions,
+            positions,
+        })
     }
 
     fn check(&self, json: JsonCheck) -> Result<(), String> {
@@ -272,69 +371,158 @@ impl EventColumns {
         Ok(())
     }
 
+    fn len(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    fn slice(&self, offset: usize, len: usize) -> Part {
+        Part {
+            batch: self.batch.slice(offset, len),
+            ids: self.ids.slice(offset, len),
+            event_type_keys: self.event_type_keys.slice(offset, len),
+            event_type_values: self.event_type_values.clone(),
+            entity_ids: self.entity_ids.slice(offset, len),
+            payloads: self.payloads.slice(offset, len),
+            metadata: self.metadata.slice(offset, len),
+            timestamps: self.timestamps.slice(offset, len),
+            versions: self.versions.slice(offset, len),
+            positions: self.positions.slice(offset, len),
+        }
+    }
+
+    /// The rows `rows` (ascending, each within the part): a slice when they are
+    /// consecutive, else a copy of those rows.
+    fn take(&self, rows: &[usize]) -> Result<Part, Error> {
+        let (Some(&first), Some(&last)) = (rows.first(), rows.last()) else { return Ok(self.slice(0, 0)) };
+        if last - first + 1 == rows.len() {
+            return Ok(self.slice(first, rows.len()));
+        }
+        let indices = rows.iter().map(|&row| u32::try_from(row).ok()).collect::<Option<Vec<u32>>>();
+        let indices = arrow_array::UInt32Array::from(
+            indices.ok_or_else(|| Error::Internal("a row number beyond u32".to_string()))?,
+        );
+        let batch = arrow_select::take::take_record_batch(&self.batch, &indices)
+            .map_err(|e| arrow_error("taking rows", e))?;
+        Part::try_new(&batch, JsonCheck::Trust)
+    }
+}
+
+impl EventColumns {
+    /// Checks `batch` (see the type's documentation). An `event_type` column of plain
+    /// `Utf8` (as other writers may produce) is dictionary-encoded here.
+    pub fn try_new(batch: &RecordBatch, json: JsonCheck) -> Result<EventColumns, Error> {
+        Part::try_new(batch, json).map(|part| EventColumns::from_parts(vec![part]))
+    }
+
+    /// Checks each of `batches` (as [`EventColumns::try_new`]): their rows, one batch
+    /// after the other.
+    pub fn try_from_batches(batches: &[RecordBatch], json: JsonCheck) -> Result<EventColumns, Error> {
+        let parts = batches.iter().map(|batch| Part::try_new(batch, json)).collect::<Result<Vec<_>, _>>()?;
+        if parts.is_empty() {
+            return to_columns(&[]);
+        }
+        Ok(EventColumns::from_parts(parts))
+    }
+
+    /// `parts` must not be empty.
+    fn from_parts(parts: Vec<Part>) -> EventColumns {
+        debug_assert!(!parts.is_empty());
+        let mut starts = Vec::with_capacity(parts.len() + 1);
+        let mut type_bases = Vec::with_capacity(parts.len());
+        let (mut rows, mut types) = (0, 0);
+        for part in &parts {
+            starts.push(rows);
+            type_bases.push(types);
+            rows += part.len();
+            types += part.event_type_values.len();
+        }
+        starts.push(rows);
+        EventColumns { parts, starts, type_bases }
+    }
+
+    /// The part that holds `row`, and the row's index in it.
+    #[inline]
+    fn at(&self, row: usize) -> (usize, &Part, usize) {
+        if let [part] = self.parts.as_slice() {
+            return (0, part, row);
+        }
+        let index = self.starts.partition_point(|&start| start <= row).saturating_sub(1);
+        (index, &self.parts[index], row - self.starts[index])
+    }
+
     /// The rows.
     pub fn len(&self) -> usize {
-        self.batch.num_rows()
+        self.starts.last().copied().unwrap_or(0)
     }
 
     /// Whether there are no rows.
     pub fn is_empty(&self) -> bool {
-        self.batch.num_rows() == 0
+        self.len() == 0
     }
 
-    /// The record batch, as checked.
-    pub fn batch(&self) -> &RecordBatch {
-        &self.batch
+    /// The record batches, as checked: one, unless the texts needed more.
+    pub fn batches(&self) -> impl ExactSizeIterator<Item = &RecordBatch> + '_ {
+        self.parts.iter().map(|part| &part.batch)
     }
 
     /// The id of the event in `row`.
     pub fn id(&self, row: usize) -> Uuid {
-        Uuid::from_slice(self.ids.value(row)).unwrap_or_default()
+        let (_, part, row) = self.at(row);
+        Uuid::from_slice(part.ids.value(row)).unwrap_or_default()
     }
 
     /// The event type's index in [`EventColumns::event_type_values`].
     pub fn event_type_key(&self, row: usize) -> usize {
-        usize::try_from(self.event_type_keys.value(row)).unwrap_or(0)
+        let (index, part, row) = self.at(row);
+        self.type_bases[index] + usize::try_from(part.event_type_keys.value(row)).unwrap_or(0)
     }
 
-    /// The distinct event types, indexed by [`EventColumns::event_type_key`].
-    pub fn event_type_values(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        (0..self.event_type_values.len()).map(|i| self.event_type_values.value(i))
+    /// The event types of each batch's dictionary, one batch after the other, indexed
+    /// by [`EventColumns::event_type_key`].
+    pub fn event_type_values(&self) -> impl Iterator<Item = &str> + '_ {
+        self.parts.iter().flat_map(|part| part.event_type_values.iter().flatten())
     }
 
     /// The event type of `row`.
     pub fn event_type(&self, row: usize) -> &str {
-        self.event_type_values.value(self.event_type_key(row))
+        let (_, part, row) = self.at(row);
+        part.event_type_values.value(usize::try_from(part.event_type_keys.value(row)).unwrap_or(0))
     }
 
     /// The entity id of `row`.
     pub fn entity_id(&self, row: usize) -> &str {
-        self.entity_ids.value(row)
+        let (_, part, row) = self.at(row);
+        part.entity_ids.value(row)
     }
 
     /// The payload of `row`: compact JSON text.
     pub fn payload(&self, row: usize) -> &str {
-        self.payloads.value(row)
+        let (_, part, row) = self.at(row);
+        part.payloads.value(row)
     }
 
     /// The metadata of `row`: compact JSON text.
     pub fn metadata(&self, row: usize) -> &str {
-        self.metadata.value(row)
+        let (_, part, row) = self.at(row);
+        part.metadata.value(row)
     }
 
     /// The timestamp of `row`.
     pub fn timestamp(&self, row: usize) -> Timestamp {
-        Timestamp::from_micros(self.timestamps.value(row))
+        let (_, part, row) = self.at(row);
+        Timestamp::from_micros(part.timestamps.value(row))
     }
 
     /// The version of `row`.
     pub fn version(&self, row: usize) -> u64 {
-        self.versions.value(row)
+        let (_, part, row) = self.at(row);
+        part.versions.value(row)
     }
 
     /// The position of `row`.
     pub fn position(&self, row: usize) -> u64 {
-        self.positions.value(row)
+        let (_, part, row) = self.at(row);
+        part.positions.value(row)
     }
 
     /// The event in `row`, made whole (its texts checked to be JSON once more, which
@@ -362,47 +550,89 @@ impl EventColumns {
     /// `len` rows from `offset` (which must lie within the rows): no copy, the
     /// buffers are shared.
     pub fn slice(&self, offset: usize, len: usize) -> EventColumns {
-        EventColumns {
-            batch: self.batch.slice(offset, len),
-            ids: self.ids.slice(offset, len),
-            event_type_keys: self.event_type_keys.slice(offset, len),
-            event_type_values: self.event_type_values.clone(),
-            entity_ids: self.entity_ids.slice(offset, len),
-            payloads: self.payloads.slice(offset, len),
-            metadata: self.metadata.slice(offset, len),
-            timestamps: self.timestamps.slice(offset, len),
-            versions: self.versions.slice(offset, len),
-            positions: self.positions.slice(offset, len),
+        if let [part] = self.parts.as_slice() {
+            return EventColumns::from_parts(vec![part.slice(offset, len)]);
         }
+        let end = offset + len;
+        let parts: Vec<Part> = self
+            .parts
+            .iter()
+            .zip(self.starts.windows(2))
+            .filter(|(_, span)| span[0] < end && offset < span[1])
+            .map(|(part, span)| {
+                let from = offset.max(span[0]) - span[0];
+                part.slice(from, end.min(span[1]) - span[0] - from)
+            })
+            .collect();
+        if parts.is_empty() {
+            return EventColumns::from_parts(vec![self.parts[0].slice(0, 0)]);
+        }
+        EventColumns::from_parts(parts)
     }
 
-    /// The rows `rows` (ascending, each within the rows): a slice when they are
+    /// The rows `rows` (ascending, each within the rows): slices where they are
     /// consecutive, else a copy of those rows.
     pub fn take(&self, rows: &[usize]) -> Result<EventColumns, Error> {
-        let (Some(&first), Some(&last)) = (rows.first(), rows.last()) else { return Ok(self.slice(0, 0)) };
-        if last - first + 1 == rows.len() {
-            return Ok(self.slice(first, rows.len()));
+        if let [part] = self.parts.as_slice() {
+            return Ok(EventColumns::from_parts(vec![part.take(rows)?]));
         }
-        let indices = rows.iter().map(|&row| u32::try_from(row).ok()).collect::<Option<Vec<u32>>>();
-        let indices = arrow_array::UInt32Array::from(
-            indices.ok_or_else(|| Error::Internal("a row number beyond u32".to_string()))?,
-        );
-        let batch = arrow_select::take::take_record_batch(&self.batch, &indices)
-            .map_err(|e| arrow_error("taking rows", e))?;
-        EventColumns::try_new(&batch, JsonCheck::Trust)
+        let mut parts = Vec::new();
+        let mut rest = rows;
+        while let Some(&first) = rest.first() {
+            let (index, part, _) = self.at(first);
+            let end = self.starts[index + 1];
+            let here = rest.partition_point(|&row| row < end);
+            let local: Vec<usize> = rest[..here].iter().map(|&row| row - self.starts[index]).collect();
+            parts.push(part.take(&local)?);
+            rest = &rest[here..];
+        }
+        if parts.is_empty() {
+            return Ok(self.slice(0, 0));
+        }
+        Ok(EventColumns::from_parts(parts))
     }
 
-    /// The rows of `parts`, one after the other, copied into one batch.
+    /// The rows of `parts`, one after the other, copied into as few batches as their
+    /// texts allow (one, unless they pass [`BATCH_TEXT_BYTES_MAX`]).
     pub fn concat(parts: &[EventColumns]) -> Result<EventColumns, Error> {
-        let batches: Vec<&RecordBatch> = parts.iter().map(|p| &p.batch).collect();
-        let batch = arrow_select::concat::concat_batches(&schema(), batches)
-            .map_err(|e| arrow_error("joining batches", e))?;
-        EventColumns::try_new(&batch, JsonCheck::Trust)
+        EventColumns::concat_within(parts, BATCH_TEXT_BYTES_MAX)
+    }
+
+    fn concat_within(columns: &[EventColumns], text_bytes_max: usize) -> Result<EventColumns, Error> {
+        let parts: Vec<&Part> = columns.iter().flat_map(|c| &c.parts).collect();
+        let mut joined = Vec::new();
+        let mut start = 0;
+        while start < parts.len() {
+            let mut text = TextBytes::of(&parts[start].batch);
+            let mut end = start + 1;
+            while let Some(part) = parts.get(end) {
+                let next = text.plus(TextBytes::of(&part.batch));
+                if next.exceeds(text_bytes_max) {
+                    break;
+                }
+                text = next;
+                end += 1;
+            }
+            joined.push(match &parts[start..end] {
+                [one] => (*one).clone(),
+                many => {
+                    let batches = many.iter().map(|part| &part.batch);
+                    let batch = arrow_select::concat::concat_batches(&schema(), batches)
+                        .map_err(|e| arrow_error("joining batches", e))?;
+                    Part::try_new(&batch, JsonCheck::Trust)?
+                }
+            });
+            start = end;
+        }
+        if joined.is_empty() {
+            return to_columns(&[]);
+        }
+        Ok(EventColumns::from_parts(joined))
     }
 
     /// The bytes the columns' buffers hold.
     pub fn memory_bytes(&self) -> usize {
-        self.batch.get_array_memory_size()
+        self.parts.iter().map(|part| part.batch.get_array_memory_size()).sum()
     }
 }
 
@@ -433,14 +663,26 @@ impl<W: Write> IpcStreamWriter<W> {
 
 /// Writes record batches of [`schema`] as one Parquet file: zstd, statistics on every
 /// column (so readers can skip row groups by position and time), row groups of
-/// [`PARQUET_ROW_GROUP_ROWS`].
+/// [`PARQUET_ROW_GROUP_ROWS`], or fewer where more would hold more than
+/// [`BATCH_TEXT_BYTES_MAX`] of a text column: a row group is then always one batch
+/// when read back.
 pub struct ParquetFileWriter<W: Write + Send> {
     writer: ArrowWriter<W>,
+    /// The text in the row group being written (at most; the writer may have ended a
+    /// row group inside the last batch).
+    text: TextBytes,
+    text_bytes_max: usize,
 }
 
 impl<W: Write + Send> ParquetFileWriter<W> {
     /// Starts a file on `out`.
     pub fn new(out: W) -> Result<ParquetFileWriter<W>, Error> {
+        ParquetFileWriter::with_text_bytes_max(out, BATCH_TEXT_BYTES_MAX)
+    }
+
+    /// [`ParquetFileWriter::new`], with at most `text_bytes_max` bytes of a text column
+    /// in a row group (that has more than one batch).
+    pub(crate) fn with_text_bytes_max(out: W, text_bytes_max: usize) -> Result<ParquetFileWriter<W>, Error> {
         let level = ZstdLevel::try_new(PARQUET_ZSTD_LEVEL).map_err(|e| arrow_error("zstd level", e))?;
         let column = |name: &str| ColumnPath::from(name);
         let properties = WriterProperties::builder()
@@ -461,11 +703,20 @@ impl<W: Write + Send> ParquetFileWriter<W> {
             .build();
         let writer = ArrowWriter::try_new(out, schema(), Some(properties))
             .map_err(|e| arrow_error("Parquet file", e))?;
-        Ok(ParquetFileWriter { writer })
+        Ok(ParquetFileWriter { writer, text: TextBytes::default(), text_bytes_max })
     }
 
     /// Appends a record batch of [`schema`].
     pub fn write_batch(&mut self, batch: &RecordBatch) -> Result<(), Error> {
+        let text = TextBytes::of(batch);
+        if self.writer.in_progress_rows() == 0 {
+            self.text = TextBytes::default();
+        }
+        if self.text.plus(text).exceeds(self.text_bytes_max) {
+            self.writer.flush().map_err(|e| arrow_error("Parquet file", e))?;
+            self.text = TextBytes::default();
+        }
+        self.text = self.text.plus(text);
         self.writer.write(batch).map_err(|e| arrow_error("Parquet file", e))
     }
 
@@ -498,6 +749,14 @@ mod tests {
             .collect()
     }
 
+    /// `events` as columns, which must be one batch.
+    fn one_batch(events: &[Arc<Event>]) -> RecordBatch {
+        let columns = to_columns(events).unwrap();
+        let batches: Vec<&RecordBatch> = columns.batches().collect();
+        assert_eq!(batches.len(), 1);
+        batches[0].clone()
+    }
+
     fn plain(events: &[Arc<Event>]) -> Vec<Event> {
         events.iter().map(|e| (**e).clone()).collect()
     }
@@ -505,11 +764,11 @@ mod tests {
     #[test]
     fn record_batch_round_trip() {
         let events = events();
-        let batch = to_record_batch(&events).unwrap();
+        let batch = one_batch(&events);
         assert_eq!(batch.num_rows(), 5);
         assert_eq!(batch.schema(), schema());
         assert_eq!(from_record_batch(&batch).unwrap(), plain(&events));
-        let empty = to_record_batch(&[]).unwrap();
+        let empty = one_batch(&[]);
         assert_eq!(empty.num_rows(), 0);
     }
 
@@ -517,8 +776,8 @@ mod tests {
     fn ipc_stream_round_trip() {
         let events = events();
         let mut writer = IpcStreamWriter::new(Vec::new()).unwrap();
-        writer.write_batch(&to_record_batch(&events[..2]).unwrap()).unwrap();
-        writer.write_batch(&to_record_batch(&events[2..]).unwrap()).unwrap();
+        writer.write_batch(&one_batch(&events[..2])).unwrap();
+        writer.write_batch(&one_batch(&events[2..])).unwrap();
         let bytes = writer.finish().unwrap();
         let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap();
         assert_eq!(reader.schema(), schema());
@@ -534,7 +793,7 @@ mod tests {
         let events = events();
         let mut file = tempfile::tempfile().unwrap();
         let mut writer = ParquetFileWriter::new(file.try_clone().unwrap()).unwrap();
-        writer.write_batch(&to_record_batch(&events).unwrap()).unwrap();
+        writer.write_batch(&one_batch(&events)).unwrap();
         writer.finish().unwrap();
         use std::io::Seek;
         file.rewind().unwrap();
@@ -558,6 +817,114 @@ mod tests {
         let mut read = Vec::new();
         for batch in builder.build().unwrap() {
             read.extend(from_record_batch(&batch.unwrap()).unwrap());
+        }
+        assert_eq!(read, plain(&events));
+    }
+
+    /// `n` events, positions from 1, with payloads of 20 to 80 bytes and three types.
+    fn varied_events(n: u64) -> Vec<Arc<Event>> {
+        (1..=n)
+            .map(|position| {
+                Arc::new(Event {
+                    id: Uuid::from_u128(u128::from(position)),
+                    event_type: EventType::try_from(format!("t.{}", position % 3)).unwrap(),
+                    entity_id: EntityId::try_from(format!("e-{}", position % 4)).unwrap(),
+                    payload: json!({"pad": "x".repeat((position % 7 * 10) as usize)}).into(),
+                    metadata: json!({}).into(),
+                    timestamp: Timestamp::from_micros(1_795_000_000_000_000 + position as i64),
+                    version: position.div_ceil(4),
+                    position,
+                })
+            })
+            .collect()
+    }
+
+    fn rows(columns: &EventColumns) -> Vec<Event> {
+        (0..columns.len()).map(|row| columns.event(row).unwrap()).collect()
+    }
+
+    #[test]
+    fn texts_past_a_batchs_limit_make_more_batches_that_read_as_one() {
+        let events = varied_events(40);
+        assert_eq!(to_columns(&events).unwrap().batches().len(), 1);
+        let limit = 300;
+        let columns = to_columns_within(&events, limit).unwrap();
+        assert!(columns.batches().len() >= 4, "{} batches", columns.batches().len());
+        for batch in columns.batches() {
+            assert!(!TextBytes::of(batch).exceeds(limit), "{:?}", TextBytes::of(batch));
+        }
+        assert_eq!(columns.len(), 40);
+        assert_eq!(rows(&columns), plain(&events));
+        let types: Vec<&str> = columns.event_type_values().collect();
+        for row in 0..columns.len() {
+            assert_eq!(types[columns.event_type_key(row)], columns.event_type(row));
+            assert_eq!(columns.event_type(row), events[row].event_type.as_str());
+        }
+
+        for (offset, len) in [(0, 40), (3, 17), (10, 0), (39, 1), (5, 30), (0, 1)] {
+            let slice = columns.slice(offset, len);
+            assert_eq!(rows(&slice), plain(&events[offset..offset + len]), "slice({offset}, {len})");
+        }
+        let wanted = [0, 1, 2, 9, 10, 11, 25, 39];
+        let taken = columns.take(&wanted).unwrap();
+        let expected: Vec<Event> = wanted.iter().map(|&row| (*events[row]).clone()).collect();
+        assert_eq!(rows(&taken), expected);
+        assert_eq!(rows(&columns.take(&[]).unwrap()), Vec::<Event>::new());
+
+        // Joined: into one batch when the texts fit, into batches within the limit
+        // when they do not, the rows unchanged either way.
+        let halves = [columns.slice(0, 20), columns.slice(20, 20)];
+        let joined = EventColumns::concat(&halves).unwrap();
+        assert_eq!(joined.batches().len(), 1);
+        assert_eq!(rows(&joined), plain(&events));
+        let within = EventColumns::concat_within(&halves, limit).unwrap();
+        assert!(within.batches().len() > 1);
+        for batch in within.batches() {
+            assert!(!TextBytes::of(batch).exceeds(limit));
+        }
+        assert_eq!(rows(&within), plain(&events));
+        assert!(columns.memory_bytes() > 0);
+    }
+
+    #[test]
+    fn an_event_with_more_text_than_the_limit_gets_a_batch_of_its_own() {
+        let events = varied_events(10);
+        let columns = to_columns_within(&events, 10).unwrap();
+        assert_eq!(columns.batches().len(), 10);
+        assert_eq!(rows(&columns), plain(&events));
+        assert_eq!(to_columns_within(&[], 10).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn parquet_row_groups_hold_no_more_text_than_a_batch_may() {
+        let events = varied_events(40);
+        let limit = 600;
+        let mut file = tempfile::tempfile().unwrap();
+        let mut writer = ParquetFileWriter::with_text_bytes_max(file.try_clone().unwrap(), limit).unwrap();
+        for batch in to_columns_within(&events, 250).unwrap().batches() {
+            writer.write_batch(batch).unwrap();
+        }
+        writer.finish().unwrap();
+        use std::io::Seek;
+        file.rewind().unwrap();
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let row_groups = ParquetRecordBatchReaderBuilder::try_new(file.try_clone().unwrap())
+            .unwrap()
+            .metadata()
+            .num_row_groups();
+        assert!(row_groups >= 2, "{row_groups} row groups");
+        let mut read = Vec::new();
+        for row_group in 0..row_groups {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file.try_clone().unwrap())
+                .unwrap()
+                .with_row_groups(vec![row_group])
+                .with_batch_size(1_000)
+                .build()
+                .unwrap();
+            let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+            assert_eq!(batches.len(), 1);
+            assert!(!TextBytes::of(&batches[0]).exceeds(limit), "{:?}", TextBytes::of(&batches[0]));
+            read.extend(from_record_batch(&batches[0]).unwrap());
         }
         assert_eq!(read, plain(&events));
     }

@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use allsource_core_types::{Error, Event, Position};
-use arrow_array::RecordBatch;
+
 use parking_lot::Mutex;
 
 use crate::archive::{Archive, Checkpoint, NewCheckpoint};
+use crate::columnar::EventColumns;
 use crate::fs::{Fs, RealFs};
 use crate::wal::{create_dir_durably, lock_data_dir};
 use crate::{Log, LogInfo, Recovered, RecoveryReport, Wal, WalConfig};
@@ -119,8 +120,8 @@ impl Log for DurableLog {
         self.archive.read_checkpoint()
     }
 
-    fn seal(&self, events: &[Arc<Event>]) -> Result<RecordBatch, Error> {
-        let (entry, batch) = self.archive.seal(events)?;
+    fn seal(&self, events: &[Arc<Event>]) -> Result<EventColumns, Error> {
+        let (entry, columns) = self.archive.seal(events)?;
         let removed = self.wal.remove_through(entry.last_position)?;
         tracing::info!(
             chunk = %entry.file,
@@ -129,6 +130,6 @@ impl Log for DurableLog {
             wal_segments_removed = removed,
             "sealed a chunk"
         );
-        Ok(batch)
+        Ok(columns)
     }
 }

@@ -65,9 +65,9 @@ pub trait Log: Send + Sync {
     }
 
     /// Seals committed events, the positions right after [`Log::sealed_position`].
-    /// Returns them as the record batch (of [`columnar::schema`]) it sealed, for the
-    /// engine to keep in memory instead of building the same columns again.
-    fn seal(&self, events: &[Arc<Event>]) -> Result<arrow_array::RecordBatch, Error> {
+    /// Returns them as the columns (of [`columnar::schema`]) it sealed, for the engine
+    /// to keep in memory instead of building the same columns again.
+    fn seal(&self, events: &[Arc<Event>]) -> Result<columnar::EventColumns, Error> {
         let _ = events;
         Err(Error::Internal("this log does not seal chunks".to_string()))
     }
