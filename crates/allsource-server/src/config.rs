@@ -26,7 +26,7 @@ use crate::write_timeout::{WRITE_TIMEOUT_DEFAULT, WRITE_TIMEOUT_MAX};
 /// assert!(config.in_memory);
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
-#[command(name = "allsource", version, about = "AllSource event store: the HTTP/JSON server.")]
+#[command(name = "allsource", version, about = "AllSource event store: the HTTP/JSON server.", long_about = None)]
 pub struct Config {
     /// The address to listen on, as HOST:PORT. Port 0 picks a free port; the address
     /// actually bound is logged as "listening on HOST:PORT".
@@ -304,6 +304,16 @@ mod tests {
 
     use super::*;
     use crate::auth::Role;
+
+    #[test]
+    fn help_says_what_the_program_is_not_its_rustdoc() {
+        // The type's documentation has a code example for rustdoc; `--help` must not
+        // print it.
+        let help = Config::command().render_long_help().to_string();
+        assert!(help.starts_with("AllSource event store: the HTTP/JSON server."), "{help}");
+        assert!(!help.contains("```") && !help.contains("parse_from"), "{help}");
+        assert!(help.contains("--data-dir"));
+    }
 
     #[test]
     fn defaults() {
