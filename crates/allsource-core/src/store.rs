@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use allsource_core_types::limits::BATCH_EVENTS_MAX;
+use allsource_core_types::limits::{BATCH_EVENTS_MAX, PAGE_TEXT_BYTES_MAX};
 use allsource_core_types::{
     EntityId, Error, Event, EventType, IntoProposal, NewEvent, Position, ProposedEvent, Query,
     QueryEventsRequest, Result, Timestamp, Version,
@@ -1017,9 +1017,21 @@ impl EventStore {
             (None, None) if range.is_empty() => Vec::new(),
             (None, None) => (range.first..=range.last).take(wanted).collect(),
         };
-        let more = positions.len() > limit;
+        let mut more = positions.len() > limit;
         positions.truncate(limit);
-        let events = self.inner.table.views(&positions);
+        let mut events = self.inner.table.views(&positions);
+        // Bounded in bytes too: a page stops before the event that would pass the limit.
+        let mut text_bytes = 0usize;
+        if let Some(over) = events.iter().position(|event| {
+            text_bytes += event.payload().len() + event.metadata().len();
+            text_bytes > PAGE_TEXT_BYTES_MAX
+        }) {
+            let keep = over.max(1);
+            if keep < events.len() {
+                events.truncate(keep);
+                more = true;
+            }
+        }
         let next_after = if more { events.last().map(EventView::position) } else { None };
         ViewPage { events, next_after }
     }

@@ -178,6 +178,31 @@ fn queries_filter_and_page_exactly_once() {
 }
 
 #[test]
+fn pages_are_bounded_in_bytes_and_still_page_exactly_once() {
+    use allsource_core::limits::PAGE_TEXT_BYTES_MAX;
+    let store = EventStore::new();
+    // Payloads of ~1 MB: 70 of them pass a page's bytes.
+    let body = "x".repeat(999_980);
+    let event_bytes = json!({ "b": body }).to_string().len() + "{}".len();
+    let per_page = PAGE_TEXT_BYTES_MAX / event_bytes;
+    assert!((16..70).contains(&per_page), "{per_page}");
+    let positions: Vec<Position> = (0..70)
+        .map(|i| store.ingest(new("doc", &format!("d{i}"), json!({ "b": body }))).unwrap().position)
+        .collect();
+
+    let request = QueryEventsRequest { limit: Some(100), ..Default::default() };
+    let page = store.query(request.clone()).unwrap();
+    assert_eq!(page.events.len(), per_page);
+    assert_eq!(page.next_after, Some(positions[per_page - 1]));
+    assert_eq!(all_pages(&store, request), positions);
+
+    // A page always holds one event, and says when it is the last.
+    let last = QueryEventsRequest { after: Some(positions[68]), limit: Some(5), ..Default::default() };
+    let page = store.query(last).unwrap();
+    assert_eq!((page.events.len(), page.next_after), (1, None));
+}
+
+#[test]
 fn time_filters_and_as_of() {
     let store = EventStore::new();
     let mut stamps = Vec::new();
