@@ -181,6 +181,17 @@ fn members<'a>(text: &'a str, found: &mut Members<'a>) -> serde_json::Result<()>
 fn string_end(bytes: &[u8], start: usize) -> serde_json::Result<usize> {
     let mut at = start + 1;
     loop {
+        // Eight bytes at a time up to the next quote or backslash: most of a compact
+        // text is inside strings.
+        while let Some(word) = bytes.get(at..at + 8).and_then(|chunk| <[u8; 8]>::try_from(chunk).ok()) {
+            let word = u64::from_le_bytes(word);
+            let found = bytes_equal_to(word, b'"') | bytes_equal_to(word, b'\\');
+            if found != 0 {
+                at += (found.trailing_zeros() / 8) as usize;
+                break;
+            }
+            at += 8;
+        }
         match bytes.get(at) {
             Some(b'"') => return Ok(at + 1),
             Some(b'\\') => at += 2,
@@ -188,6 +199,14 @@ fn string_end(bytes: &[u8], start: usize) -> serde_json::Result<usize> {
             None => return Err(malformed()),
         }
     }
+}
+
+/// A word with the high bit set in the lowest byte of `word` equal to `byte` (bytes
+/// above it may be marked too, which the caller never looks at); 0 when none is.
+fn bytes_equal_to(word: u64, byte: u8) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & (ONES << 7)
 }
 
 /// The end (exclusive) of the compact JSON value that starts at `start`.
