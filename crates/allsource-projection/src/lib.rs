@@ -177,14 +177,47 @@ impl Default for EntitySnapshots {
 #[derive(Debug, Clone)]
 struct Stored {
     /// Compact JSON text; `null` before the first event.
-    state: Arc<str>,
+    state: StateText,
     version: Version,
     last_event_at: Timestamp,
 }
 
 impl Stored {
     fn snapshot(&self) -> Snapshot {
-        Snapshot { state: parse_state(&self.state), version: self.version, last_event_at: self.last_event_at }
+        Snapshot {
+            state: parse_state(self.state.as_str()),
+            version: self.version,
+            last_event_at: self.last_event_at,
+        }
+    }
+}
+
+/// A state's text in one shared block of its exact size, which a merged state of the
+/// same length overwrites in place (when nothing else holds it): no allocation, and
+/// the write lands on the lines the merge has just read. A new block each time cost the
+/// commit writer a fifth of its time under batches (the allocator looking for a page
+/// with a free block among a few hundred thousand states, and the copy into memory not
+/// in the cache).
+#[derive(Debug, Clone)]
+struct StateText(Arc<[u8]>);
+
+impl StateText {
+    fn new(text: &str) -> StateText {
+        StateText(Arc::from(text.as_bytes()))
+    }
+
+    fn as_str(&self) -> &str {
+        // Made from a `str` and overwritten only with one: always UTF-8 (the check is
+        // a few nanoseconds for a state of a few hundred bytes).
+        std::str::from_utf8(&self.0).unwrap_or("null")
+    }
+
+    /// Makes the state `text`.
+    fn set(&mut self, text: &str) {
+        match Arc::get_mut(&mut self.0) {
+            Some(bytes) if bytes.len() == text.len() => bytes.copy_from_slice(text.as_bytes()),
+            _ => *self = StateText::new(text),
+        }
     }
 }
 
@@ -228,7 +261,7 @@ impl Projection for EntitySnapshots {
         let mut stored = match self.snapshots.get_mut(&event.entity_id) {
             Some(stored) => stored,
             None => self.snapshots.entry(event.entity_id.clone()).or_insert_with(|| Stored {
-                state: Arc::from("null"),
+                state: StateText::new("null"),
                 version: 0,
                 last_event_at: Timestamp::MIN,
             }),
@@ -236,9 +269,9 @@ impl Projection for EntitySnapshots {
         if event.version > stored.version {
             let merged = MERGED.with_borrow_mut(|merged| {
                 merged.clear();
-                let result = merge_patch_compact(&stored.state, event.payload.as_str(), merged);
+                let result = merge_patch_compact(stored.state.as_str(), event.payload.as_str(), merged);
                 if result.is_ok() {
-                    stored.state = Arc::from(merged.as_str());
+                    stored.state.set(merged);
                 }
                 result
             });
@@ -265,7 +298,7 @@ impl Projection for EntitySnapshots {
         let snapshot = self.snapshots.get(key)?;
         Some(json!({
             "entity_id": key,
-            "state": parse_state(&snapshot.state),
+            "state": parse_state(snapshot.state.as_str()),
             "version": snapshot.version,
             "last_event_at": snapshot.last_event_at,
         }))
@@ -288,7 +321,7 @@ impl Projection for EntitySnapshots {
                     out.write_all(b",")?;
                 }
                 serde_json::to_writer(&mut *out, entity.as_str())?;
-                write!(out, ":[{},{},{}]", s.state, s.version, s.last_event_at.as_micros())?;
+                write!(out, ":[{},{},{}]", s.state.as_str(), s.version, s.last_event_at.as_micros())?;
             }
             out.write_all(b"}")
         }))
@@ -307,7 +340,7 @@ impl Projection for EntitySnapshots {
             else {
                 return Err(bad("a snapshot lacks its version or time"));
             };
-            let state = Arc::from(parts.swap_remove(0).to_string());
+            let state = StateText::new(&parts.swap_remove(0).to_string());
             let entity = EntityId::try_from(entity).map_err(|e| bad(&e.to_string()))?;
             let last_event_at = Timestamp::from_micros(micros);
             restored.push((entity, Stored { state, version, last_event_at }));
@@ -529,6 +562,22 @@ mod tests {
         let mut text = Vec::new();
         writer(&mut text).unwrap();
         serde_json::from_slice(&text).unwrap()
+    }
+
+    #[test]
+    fn a_state_of_the_same_length_is_overwritten_in_place_unless_shared() {
+        let mut state = StateText::new(r#"{"n":1}"#);
+        let block = Arc::as_ptr(&state.0);
+        state.set(r#"{"n":2}"#);
+        assert_eq!((state.as_str(), Arc::as_ptr(&state.0)), (r#"{"n":2}"#, block));
+        // Another length: a block of its own.
+        state.set(r#"{"n":10}"#);
+        assert_eq!(state.as_str(), r#"{"n":10}"#);
+        // Held elsewhere (a checkpoint being written): that holder keeps its text.
+        let held = state.clone();
+        state.set(r#"{"n":20}"#);
+        assert_eq!((held.as_str(), state.as_str()), (r#"{"n":10}"#, r#"{"n":20}"#));
+        assert!(!std::ptr::eq(Arc::as_ptr(&held.0), Arc::as_ptr(&state.0)));
     }
 
     fn event(entity: &str, version: Version, position: Position, payload: Value) -> Event {
