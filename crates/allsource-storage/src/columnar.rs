@@ -222,12 +222,9 @@ impl Part {
         Part::assemble(
             ids.finish(),
             event_types.finish(),
-            entity_ids.finish(),
-            payloads.finish(),
-            metadata.finish(),
+            [entity_ids.finish(), payloads.finish(), metadata.finish()],
             TimestampMicrosecondArray::from(timestamps),
-            UInt64Array::from(versions),
-            UInt64Array::from(positions),
+            [UInt64Array::from(versions), UInt64Array::from(positions)],
         )
         .map_err(|why| arrow_error("record batch", why))
     }
@@ -272,43 +269,38 @@ impl Part {
                 c.as_string_opt::<i32>().cloned().ok_or_else(|| bad(format!("{name} is not Utf8")))
             })
         };
+        let number_column = |name: &str| {
+            column(name).and_then(|c| {
+                c.as_primitive_opt::<UInt64Type>()
+                    .cloned()
+                    .ok_or_else(|| bad(format!("{name} is not UInt64")))
+            })
+        };
         let part = Part::assemble(
             ids,
             event_types,
-            string_column("entity_id")?,
-            string_column("payload")?,
-            string_column("metadata")?,
+            [string_column("entity_id")?, string_column("payload")?, string_column("metadata")?],
             column("timestamp")?
                 .as_primitive_opt::<TimestampMicrosecondType>()
                 .ok_or_else(|| bad("timestamp is not Timestamp(Microsecond)".into()))?
                 .clone(),
-            column("version")?
-                .as_primitive_opt::<UInt64Type>()
-                .ok_or_else(|| bad("version is not UInt64".into()))?
-                .clone(),
-            column("position")?
-                .as_primitive_opt::<UInt64Type>()
-                .ok_or_else(|| bad("position is not UInt64".into()))?
-                .clone(),
+            [number_column("version")?, number_column("position")?],
         )
         .map_err(bad)?;
         part.check(json).map_err(bad)?;
         Ok(part)
     }
 
-    /// The part of these columns, with its batch in this schema whatever the source's
+    /// The part of these columns (`texts`: entity ids, payloads, metadata; `numbers`:
+    /// versions, positions), with its batch in this schema whatever the source's
     /// (column order, plain event types, schema metadata), so that batches of any
     /// source join.
-    #[allow(clippy::too_many_arguments, reason = "one argument per column of the schema")]
     fn assemble(
         ids: FixedSizeBinaryArray,
         event_types: DictionaryArray<Int32Type>,
-        entity_ids: StringArray,
-        payloads: StringArray,
-        metadata: StringArray,
+        [entity_ids, payloads, metadata]: [StringArray; 3],
         timestamps: TimestampMicrosecondArray,
-        versions: UInt64Array,
-        positions: UInt64Array,
+        [versions, positions]: [UInt64Array; 2],
     ) -> Result<Part, String> {
         let event_type_values = event_types
             .values()
