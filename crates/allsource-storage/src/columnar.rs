@@ -92,29 +92,43 @@ pub fn to_columns(events: &[Arc<Event>]) -> Result<EventColumns, Error> {
 /// [`to_columns`], with at most `text_bytes_max` bytes of text in each column of a batch
 /// (an event with more gets a batch of its own).
 pub(crate) fn to_columns_within(events: &[Arc<Event>], text_bytes_max: usize) -> Result<EventColumns, Error> {
-    let mut parts = Vec::new();
+    if events.is_empty() {
+        return Ok(EventColumns::from_parts(vec![Part::from_events(&[], TextBytes::default())?]));
+    }
+    let text = |event: &Arc<Event>| {
+        TextBytes([event.entity_id.as_str().len(), event.payload.len(), event.metadata.len()])
+    };
+    let parts = runs_within(events, text, text_bytes_max)
+        .into_iter()
+        .map(|(run, text)| Part::from_events(&events[run], text))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(EventColumns::from_parts(parts))
+}
+
+/// Cuts `items` into runs, each as long as its texts stay within `text_bytes_max` in
+/// every column (an item with more is a run of its own): each run's range and text.
+fn runs_within<T>(
+    items: &[T],
+    text: impl Fn(&T) -> TextBytes,
+    text_bytes_max: usize,
+) -> Vec<(std::ops::Range<usize>, TextBytes)> {
+    let mut runs = Vec::new();
     let mut start = 0;
-    loop {
-        let mut text = TextBytes::default();
-        let mut end = start;
-        while let Some(event) = events.get(end) {
-            let next = text.plus(TextBytes([
-                event.entity_id.as_str().len(),
-                event.payload.len(),
-                event.metadata.len(),
-            ]));
-            if end > start && next.exceeds(text_bytes_max) {
+    while let Some(first) = items.get(start) {
+        let mut total = text(first);
+        let mut end = start + 1;
+        while let Some(item) = items.get(end) {
+            let next = total.plus(text(item));
+            if next.exceeds(text_bytes_max) {
                 break;
             }
-            text = next;
+            total = next;
             end += 1;
         }
-        parts.push(Part::from_events(&events[start..end], text)?);
+        runs.push((start..end, total));
         start = end;
-        if start == events.len() {
-            return Ok(EventColumns::from_parts(parts));
-        }
     }
+    runs
 }
 
 /// The events of a record batch of [`schema`] (as made by [`to_columns`], or read back
@@ -593,19 +607,8 @@ impl EventColumns {
     fn concat_within(columns: &[EventColumns], text_bytes_max: usize) -> Result<EventColumns, Error> {
         let parts: Vec<&Part> = columns.iter().flat_map(|c| &c.parts).collect();
         let mut joined = Vec::new();
-        let mut start = 0;
-        while start < parts.len() {
-            let mut text = TextBytes::of(&parts[start].batch);
-            let mut end = start + 1;
-            while let Some(part) = parts.get(end) {
-                let next = text.plus(TextBytes::of(&part.batch));
-                if next.exceeds(text_bytes_max) {
-                    break;
-                }
-                text = next;
-                end += 1;
-            }
-            joined.push(match &parts[start..end] {
+        for (run, _) in runs_within(&parts, |part| TextBytes::of(&part.batch), text_bytes_max) {
+            joined.push(match &parts[run] {
                 [one] => (*one).clone(),
                 many => {
                     let batches = many.iter().map(|part| &part.batch);
@@ -614,7 +617,6 @@ impl EventColumns {
                     Part::try_new(&batch, JsonCheck::Trust)?
                 }
             });
-            start = end;
         }
         if joined.is_empty() {
             return to_columns(&[]);
