@@ -1,6 +1,6 @@
 //! The engine: sequencing, the commit step, and every read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -459,6 +459,7 @@ impl Inner {
             let entity_id = check(event.position, event.entity_id.as_str(), event.version, event.timestamp)?;
             let event_type = intern_type(event.event_type.as_str())?;
             let event = Arc::new(Event { entity_id, event_type, ..event });
+            self.entities.push(&event.entity_id, event.position);
             self.index(&event);
         }
         let last = *next_position - 1;
@@ -563,101 +564,33 @@ impl Inner {
     /// the events to the group-commit writer. Returns a ticket that completes when
     /// every decided event is committed.
     fn sequence(&self, proposals: Vec<ProposedEvent>, is_batch: bool) -> Result<(Vec<Decision>, Ticket)> {
-        let item_error =
-            |error: Error, index: usize| if is_batch { error.at_batch_item(index) } else { error };
         let mut sequencer = self.sequencer.lock();
         let timestamp = Timestamp::now().max(sequencer.last_timestamp);
-        // Versions and ids taken by earlier items of this batch (unused for one event).
-        // Sized once: grown insert by insert, it would rehash six times in a 100-event batch.
-        let batch_items = if is_batch { proposals.len() } else { 0 };
-        let mut batch_versions: HashMap<EntityId, Version, RandomState> =
-            HashMap::with_capacity_and_hasher(batch_items, RandomState::default());
-        let mut batch_ids: HashSet<Uuid, RandomState> = HashSet::default();
         let mut decisions = Vec::with_capacity(proposals.len());
         let mut new_events: Vec<Arc<Event>> = Vec::with_capacity(proposals.len());
-        for (index, proposal) in proposals.into_iter().enumerate() {
-            let id = match proposal.id {
-                Some(id) => {
-                    // Sequenced events are in the table already, committed or not.
-                    if let Some(position) = self.ids.get(&id) {
-                        // Never append a second event with this id, even if the stored
-                        // one cannot be read back.
-                        let existing = self.table.get(position).ok_or_else(|| {
-                            Error::Internal(format!("event {id} at position {position} cannot be read"))
-                        })?;
-                        if !existing.same_content(&proposal) {
-                            return Err(item_error(duplicate_id_error(id), index));
-                        }
-                        decisions.push(Decision::Existing(existing));
-                        continue;
-                    }
-                    if is_batch && !batch_ids.insert(id) {
-                        return Err(item_error(
-                            Error::DuplicateEventId {
-                                id,
-                                message: format!("event id '{id}' appears twice in the batch"),
-                            },
-                            index,
-                        ));
-                    }
-                    id
-                }
-                None => sequencer.ids.next(timestamp),
-            };
-            // Interning: the event shares the entity id and type already in use (a text
-            // longer than 23 bytes is then stored once; shorter ones are held inline).
-            // An entity's version is how many events it has: the entity index holds every
-            // sequenced event, committed or not.
-            let (entity_id, stored_version) = match self.entities.key_and_len(&proposal.entity_id) {
-                Some((entity_id, n)) => (entity_id, n as Version),
-                None => (proposal.entity_id, 0),
-            };
-            let event_type = match sequencer.event_types.get(&proposal.event_type) {
-                Some(event_type) => event_type.clone(),
-                None => proposal.event_type,
-            };
-            let current = batch_versions.get(&entity_id).copied().unwrap_or(stored_version);
-            if let Some(expected) = proposal.expected_version {
-                if expected != current {
-                    return Err(item_error(
-                        Error::ConcurrencyConflict {
-                            expected_version: expected,
-                            current_version: current,
-                            message: format!(
-                                "entity '{entity_id}' is at version {current}, not the expected {expected}"
-                            ),
-                        },
-                        index,
-                    ));
-                }
-            }
-            let version = current + 1;
-            if is_batch {
-                batch_versions.insert(entity_id.clone(), version);
-            }
-            let event = Arc::new(Event {
-                id,
-                event_type,
-                entity_id,
-                payload: proposal.payload_json,
-                metadata: proposal.metadata,
-                timestamp,
-                version,
-                position: sequencer.next_position + new_events.len() as Position,
-            });
-            new_events.push(event.clone());
-            decisions.push(Decision::New(event));
-        }
-        let target = decisions.iter().map(|d| d.event().position).max().unwrap_or(0);
+        // Each new event's position goes to its entity's list as the event is decided,
+        // so that the list's length is the entity's version for the items after it; a
+        // batch refused later takes those back. Readers see none of it: they stop at the
+        // committed position.
+        let decided =
+            self.decide(&mut sequencer, proposals, is_batch, timestamp, &mut decisions, &mut new_events);
         // A read-only store still answers what needs no write: a retry of stored events
         // (its ticket fails if one of them never became durable), and the refusals
         // above, which a client must see rather than a storage error.
+        let decided = decided.and_then(|()| match self.failure() {
+            Some(error) if !new_events.is_empty() => Err(error),
+            _ => Ok(()),
+        });
+        if let Err(error) = decided {
+            for event in new_events.iter().rev() {
+                self.entities.take_back(&event.entity_id, event.position);
+            }
+            return Err(error);
+        }
+        let target = decisions.iter().map(|d| d.event().position).max().unwrap_or(0);
         if new_events.is_empty() {
             drop(sequencer);
             return Ok((decisions, self.ticket(target)));
-        }
-        if let Some(error) = self.failure() {
-            return Err(error);
         }
 
         // Every check passed: the batch is in. Record it, invisible to readers until
@@ -690,15 +623,103 @@ impl Inner {
         }
     }
 
+    /// The sequencer's checks, under its lock: decides each proposal (a stored event
+    /// for a retried id, or a new event with its position and version) into
+    /// `decisions`, the new ones also into `new_events`, their positions pushed to
+    /// their entities' lists. Stops at the first refusal.
+    fn decide(
+        &self,
+        sequencer: &mut Sequencer,
+        proposals: Vec<ProposedEvent>,
+        is_batch: bool,
+        timestamp: Timestamp,
+        decisions: &mut Vec<Decision>,
+        new_events: &mut Vec<Arc<Event>>,
+    ) -> Result<()> {
+        let item_error =
+            |error: Error, index: usize| if is_batch { error.at_batch_item(index) } else { error };
+        // Ids taken by earlier items of this batch (unused for one event).
+        let mut batch_ids: HashSet<Uuid, RandomState> = HashSet::default();
+        for (index, proposal) in proposals.into_iter().enumerate() {
+            let id = match proposal.id {
+                Some(id) => {
+                    // Sequenced events are in the table already, committed or not.
+                    if let Some(position) = self.ids.get(&id) {
+                        // Never append a second event with this id, even if the stored
+                        // one cannot be read back.
+                        let existing = self.table.get(position).ok_or_else(|| {
+                            Error::Internal(format!("event {id} at position {position} cannot be read"))
+                        })?;
+                        if !existing.same_content(&proposal) {
+                            return Err(item_error(duplicate_id_error(id), index));
+                        }
+                        decisions.push(Decision::Existing(existing));
+                        continue;
+                    }
+                    if is_batch && !batch_ids.insert(id) {
+                        return Err(item_error(
+                            Error::DuplicateEventId {
+                                id,
+                                message: format!("event id '{id}' appears twice in the batch"),
+                            },
+                            index,
+                        ));
+                    }
+                    id
+                }
+                None => sequencer.ids.next(timestamp),
+            };
+            let position = sequencer.next_position + new_events.len() as Position;
+            // An entity's version is how many events it has: the entity index holds
+            // every sequenced event, committed or not. The event shares the entity id
+            // and type already in use (a text longer than 23 bytes is then stored
+            // once; shorter ones are held inline).
+            let expected_version = proposal.expected_version;
+            let (entity_id, version) = self
+                .entities
+                .push_checked(proposal.entity_id, position, |entity_id, current| {
+                    let current = current as Version;
+                    match expected_version {
+                        Some(expected) if expected != current => Err(Error::ConcurrencyConflict {
+                            expected_version: expected,
+                            current_version: current,
+                            message: format!(
+                                "entity '{entity_id}' is at version {current}, not the expected {expected}"
+                            ),
+                        }),
+                        _ => Ok(()),
+                    }
+                })
+                .map_err(|error| item_error(error, index))?;
+            let event_type = match sequencer.event_types.get(&proposal.event_type) {
+                Some(event_type) => event_type.clone(),
+                None => proposal.event_type,
+            };
+            let event = Arc::new(Event {
+                id,
+                event_type,
+                entity_id,
+                payload: proposal.payload_json,
+                metadata: proposal.metadata,
+                timestamp,
+                version: version as Version,
+                position,
+            });
+            new_events.push(event.clone());
+            decisions.push(Decision::New(event));
+        }
+        Ok(())
+    }
+
     fn ticket(&self, target: Position) -> Ticket {
         self.waiters.ticket(target, || self.committed.load(Ordering::Acquire), || self.failure())
     }
 
-    /// Puts a sequenced event in the table and the indexes. Readers still cannot see it.
+    /// Puts a sequenced event in the table and the indexes but the entity index (which
+    /// has it already). Readers still cannot see it.
     fn index(&self, event: &Arc<Event>) {
         self.table.insert(event.clone());
         self.ids.insert(event.id, event.position);
-        self.entities.push(&event.entity_id, event.position);
         self.event_types.push(&event.event_type, event.position);
     }
 

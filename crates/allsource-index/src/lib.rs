@@ -114,6 +114,62 @@ impl<K: Eq + Hash> PositionIndex<K> {
         list.push(position);
     }
 
+    /// Appends `position` to `key`'s positions if `check` accepts the key and how many
+    /// positions it has now (0 for a key not seen before), in one lookup: the sequencer's step, where
+    /// the count is the entity's version. Returns the stored key (sharing its text) and
+    /// the new count; when `check` fails, nothing changes.
+    pub fn push_checked<E>(
+        &self,
+        key: K,
+        position: Position,
+        check: impl FnOnce(&K, usize) -> Result<(), E>,
+    ) -> Result<(K, usize), E>
+    where
+        K: Clone,
+    {
+        match self.lists.entry(key) {
+            dashmap::Entry::Occupied(mut entry) => {
+                let len = entry.get().len();
+                check(entry.key(), len)?;
+                let list = entry.get_mut();
+                debug_assert!(
+                    list.last().is_none_or(|last| last < position),
+                    "positions pushed out of order"
+                );
+                list.push(position);
+                Ok((entry.key().clone(), len + 1))
+            }
+            dashmap::Entry::Vacant(slot) => {
+                check(slot.key(), 0)?;
+                let key = slot.key().clone();
+                let mut list = PositionList::default();
+                list.push(position);
+                slot.insert(list);
+                Ok((key, 1))
+            }
+        }
+    }
+
+    /// Takes back the push of `position`, the last position of `key`: for a batch
+    /// refused after some of its events were pushed. A key left with no position is
+    /// forgotten, as if never pushed. Anything else (not the last position) is left.
+    pub fn take_back<Q>(&self, key: &Q, position: Position)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let emptied = match self.lists.get_mut(key) {
+            Some(mut list) if list.last() == Some(position) => {
+                list.pop();
+                list.len() == 0
+            }
+            _ => false,
+        };
+        if emptied {
+            self.lists.remove_if(key, |_, list| list.len() == 0);
+        }
+    }
+
     /// [`PositionIndex::push`] of several positions of `key`, in increasing order.
     pub fn extend(&self, key: K, positions: &[Position]) {
         if positions.is_empty() {
@@ -374,6 +430,37 @@ mod tests {
         assert_eq!(index.last_in("k", PositionRange::new(1, 1)), None);
         assert_eq!(index.key_and_len("k"), Some(("k".to_string(), 6)));
         assert_eq!(index.key_and_len("missing"), None);
+    }
+
+    #[test]
+    fn push_checked_counts_and_take_back_undoes() {
+        let index: PositionIndex<String> = PositionIndex::default();
+        let refuse = |_: &String, _: usize| Err("refused");
+        assert_eq!(index.push_checked("a".to_string(), 1, refuse), Err("refused"));
+        assert!(!index.contains_key("a"), "a refused first push adds no key");
+        let mut seen = Vec::new();
+        let mut push = |key: &str, position| {
+            index.push_checked(key.to_string(), position, |stored: &String, n| {
+                seen.push((stored.clone(), n));
+                Ok::<(), ()>(())
+            })
+        };
+        assert_eq!(push("a", 1), Ok(("a".to_string(), 1)));
+        assert_eq!(push("a", 2), Ok(("a".to_string(), 2)));
+        assert_eq!(push("b", 3), Ok(("b".to_string(), 1)));
+        let expected: Vec<(String, usize)> = vec![("a".into(), 0), ("a".into(), 1), ("b".into(), 0)];
+        assert_eq!(seen, expected);
+        assert_eq!(index.push_checked("a".to_string(), 4, refuse), Err("refused"));
+        assert_eq!(index.select("a", PositionRange::ALL, 10), [1, 2]);
+
+        index.take_back("a", 1);
+        assert_eq!(index.select("a", PositionRange::ALL, 10), [1, 2], "only the last position is taken back");
+        index.take_back("b", 3);
+        assert!(!index.contains_key("b"), "a key left empty is forgotten");
+        index.take_back("a", 2);
+        assert_eq!(index.key_and_len("a"), Some(("a".to_string(), 1)));
+        index.take_back("missing", 9);
+        assert_eq!(index.len(), 1);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) type PositionList = BlockList<Position>;
 pub(crate) struct Blocks<T> {
     /// Full blocks of exactly [`BLOCK`] items each.
     full: Vec<Box<[T]>>,
-    /// The block being filled: fewer than [`BLOCK`] items.
+    /// The block being filled: at most [`BLOCK`] items.
     tail: Vec<T>,
 }
 
@@ -74,6 +74,24 @@ impl<T: Copy> BlockList<T> {
                     blocks.full.push(full.into_boxed_slice());
                 }
                 blocks.tail.push(item);
+            }
+        }
+    }
+
+    /// Removes the last item and returns it: a push taken back.
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        match self {
+            BlockList::Small(list) => list.pop(),
+            BlockList::Blocks(blocks) => {
+                if blocks.tail.is_empty() {
+                    // The last full block becomes the block being filled again.
+                    blocks.tail = blocks.full.pop()?.into_vec();
+                }
+                let item = blocks.tail.pop();
+                if blocks.full.is_empty() {
+                    *self = BlockList::Small(std::mem::take(&mut blocks.tail));
+                }
+                item
             }
         }
     }
@@ -181,6 +199,36 @@ mod tests {
             let end = start.saturating_add(take);
             let expected = model.get(start.min(n)..end.min(n)).unwrap_or_default();
             prop_assert_eq!(list.copy_range(start, end), expected);
+        }
+
+        /// Pops take back pushes, across block boundaries, and the list reads as the
+        /// shorter `Vec`; pushes after them land where they should.
+        #[test]
+        fn pops_agree_with_a_vec(
+            blocks in 0usize..3,
+            extra in prop_oneof![Just(0usize), Just(1), 2usize..BLOCK],
+            pops in prop_oneof![Just(0usize), Just(1), 2usize..(2 * BLOCK + 2)],
+            pushes in 0usize..(BLOCK + 2),
+        ) {
+            let n = blocks * BLOCK + extra;
+            let mut list = list_of(n);
+            let mut model: Vec<Position> = (1..=n as Position).map(|i| i * 3).collect();
+            for _ in 0..pops {
+                prop_assert_eq!(list.pop(), model.pop());
+            }
+            let next = model.last().copied().unwrap_or(0);
+            for i in 1..=pushes as Position {
+                list.push(next + i);
+                model.push(next + i);
+            }
+            prop_assert_eq!(list.len(), model.len());
+            prop_assert_eq!(list.last(), model.last().copied());
+            prop_assert_eq!(list.copy_range(0, usize::MAX), model.clone());
+            if let BlockList::Blocks(blocks) = &list {
+                prop_assert!(!blocks.full.is_empty());
+                prop_assert!(blocks.full.iter().all(|block| block.len() == BLOCK));
+                prop_assert!(blocks.tail.len() <= BLOCK);
+            }
         }
     }
 }
