@@ -23,15 +23,18 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// How long mimalloc keeps freed memory before it gives it back to the OS: 10 s
-/// instead of its default 1 s. The sealer frees a chunk's Parquet buffers and event
-/// objects several times a second under load, and with 1 s some of that memory went
-/// back to the OS and was faulted in again, zeroed page by page, for the next chunk
-/// (on this project's VMs a fresh page costs far more than a reused one). Paired
-/// 100-event batch runs: 274/283/283K events/s with the default, 289/287/291K with
-/// 10 s, which measured the same as never purging; an idle server still gives the
-/// memory back. An operator's `MIMALLOC_PURGE_DELAY` wins.
-const PURGE_DELAY_MILLIS: std::ffi::c_long = 10_000;
+/// How long mimalloc keeps freed memory before it gives it back to the OS: 10 minutes
+/// instead of its default 1 s. Under load the store frees memory all the time (each
+/// chunk's event objects and Parquet buffers once it is sealed, request bodies) and
+/// allocates as much again; what goes back to the OS is faulted in again, zeroed page
+/// by page, and on this project's VMs a fresh page costs far more than a reused one.
+/// mimalloc purges every free block at once when the delay since the first free one
+/// ends, so a shorter delay throws the whole pool away that often. Batches after the
+/// 1M-event pre-load (`cargo xtask load --scenarios state,append,batch`), pairs:
+/// 251/253K events/s with 10 s, 306/291K with 10 minutes, 302/283K never purging;
+/// 1 s (the default) measured lower than 10 s. An idle server still gives the memory
+/// back, within 10 minutes. An operator's `MIMALLOC_PURGE_DELAY` wins.
+const PURGE_DELAY_MILLIS: std::ffi::c_long = 600_000;
 
 /// `mi_option_purge_delay` in mimalloc v3's `mi_option_t` (the version libmimalloc-sys
 /// builds); a test checks that this option has the purge delay's default.
