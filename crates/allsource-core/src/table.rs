@@ -166,6 +166,14 @@ impl EventView {
 /// spread over the log then wait on memory together, not one after another.
 pub fn write_json_array(views: &[EventView], out: &mut Vec<u8>) {
     let fields: Vec<Fields<'_>> = views.iter().map(EventView::fields).collect();
+    // So do the texts: one byte of each cache line of each, read before any is copied.
+    let touched = fields.iter().fold(0u8, |acc, event| {
+        [event.event_type, event.entity_id, event.payload, event.metadata]
+            .iter()
+            .flat_map(|text| text.as_bytes().iter().step_by(64))
+            .fold(acc, |acc, &byte| acc ^ byte)
+    });
+    std::hint::black_box(touched);
     out.reserve(2 + fields.iter().map(Fields::len_hint).sum::<usize>());
     out.push(b'[');
     for (index, event) in fields.iter().enumerate() {
