@@ -166,7 +166,7 @@ impl EventView {
 /// spread over the log then wait on memory together, not one after another.
 pub fn write_json_array(views: &[EventView], out: &mut Vec<u8>) {
     let fields: Vec<Fields<'_>> = views.iter().map(EventView::fields).collect();
-    // So do the texts: one byte of each cache line of each, read before any is copied.
+    // The texts too: a byte of each of their cache lines is read before any is copied.
     let touched = fields.iter().fold(0u8, |acc, event| {
         [event.event_type, event.entity_id, event.payload, event.metadata]
             .iter()

@@ -115,9 +115,9 @@ impl<K: Eq + Hash> PositionIndex<K> {
     }
 
     /// Appends `position` to `key`'s positions if `check` accepts the key and how many
-    /// positions it has now (0 for a key not seen before), in one lookup: the sequencer's step, where
-    /// the count is the entity's version. Returns the stored key (sharing its text) and
-    /// the new count; when `check` fails, nothing changes.
+    /// positions it has now (0 for a key not seen before), in one lookup: the
+    /// sequencer's step, where the count is the entity's version. Returns the stored
+    /// key (sharing its text) and the new count; when `check` fails, nothing changes.
     pub fn push_checked<E>(
         &self,
         key: K,
