@@ -492,3 +492,111 @@ fn commit_listeners_see_each_advance_once_it_is_visible() {
         }
     }
 }
+
+/// Batches that are refused at a later item, after earlier items had their entities'
+/// versions counted, race with batches that are taken and with readers: every entity
+/// still has versions 1..=n in position order, a refused batch leaves no trace (not
+/// even an entity it would have created), and the next expected_version is n.
+#[test]
+fn batches_refused_midway_leave_no_trace_under_concurrency() {
+    let store = EventStore::new();
+    let (threads, batches, entities): (usize, usize, usize) = (6, 150, 7);
+    let accepted = AtomicU64::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let check_entity = |store: &EventStore, entity: &str| -> u64 {
+        let request = QueryEventsRequest {
+            entity_id: Some(entity.to_string()),
+            limit: Some(10_000),
+            ..Default::default()
+        };
+        let events = store.query(request).unwrap().events;
+        let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+        assert_eq!(versions, (1..=events.len() as u64).collect::<Vec<_>>(), "{entity}");
+        assert!(events.windows(2).all(|w| w[0].position < w[1].position), "{entity}");
+        events.len() as u64
+    };
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..threads)
+            .map(|thread| {
+                let (store, accepted) = (&store, &accepted);
+                scope.spawn(move || {
+                    for i in 0..batches {
+                        let mut batch: Vec<NewEvent> = (0..5)
+                            .map(|j| {
+                                new(
+                                    "t",
+                                    &format!("e{}", (thread + i + j) % entities),
+                                    json!({"t": thread, "i": i, "j": j}),
+                                )
+                            })
+                            .collect();
+                        match i % 3 {
+                            // Refused at the last item: its four others were counted first.
+                            0 => batch.push(new("t", "e0", json!(null)).with_expected_version(u64::MAX)),
+                            // An entity the batch creates, then a refusal.
+                            1 => {
+                                batch.insert(0, new("t", &format!("fresh-{thread}-{i}"), json!({})));
+                                batch.push(new("t", "e1", json!(null)).with_expected_version(u64::MAX));
+                            }
+                            _ => {}
+                        }
+                        match store.append_batch(batch) {
+                            Ok(appended) => {
+                                assert_eq!(i % 3, 2, "a batch with a refusal was taken");
+                                accepted.fetch_add(appended.created as u64, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                assert_eq!(e.code(), "ConcurrencyConflict");
+                                assert_ne!(i % 3, 2, "{e}");
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        let (store, done) = (&store, &done);
+        scope.spawn(move || {
+            // Bounded, should the writers never end.
+            for _ in 0..100_000 {
+                if done.load(Ordering::Acquire) {
+                    break;
+                }
+                for entity in 0..entities {
+                    check_entity(store, &format!("e{entity}"));
+                }
+            }
+        });
+        // The reader stops before a writer's failure is raised, or the scope would wait.
+        let results: Vec<_> = writers.into_iter().map(|writer| writer.join()).collect();
+        done.store(true, Ordering::Release);
+        for result in results {
+            if let Err(panic) = result {
+                std::panic::resume_unwind(panic);
+            }
+        }
+    });
+    let mut total = 0;
+    for entity in 0..entities {
+        let entity = format!("e{entity}");
+        let n = check_entity(&store, &entity);
+        assert_eq!(store.snapshot(&entity).unwrap().version, n);
+        assert_eq!(
+            store.append(new("t", &entity, json!({})).with_expected_version(n)).unwrap().event.version,
+            n + 1
+        );
+        total += n;
+    }
+    assert_eq!(total, accepted.load(Ordering::Relaxed));
+    assert_eq!(total, (threads * (batches / 3) * 5) as u64);
+    for thread in 0..threads {
+        for i in (1..batches).step_by(3) {
+            let entity = format!("fresh-{thread}-{i}");
+            assert_eq!(check_entity(&store, &entity), 0);
+            assert!(store.snapshot(&entity).is_err(), "{entity}");
+            // The entity the refused batch would have made is new to the next append.
+            let first = store.append(new("t", &entity, json!({})).with_expected_version(0)).unwrap();
+            assert_eq!(first.event.version, 1);
+        }
+    }
+    assert_eq!(store.stats().total_entities, (entities + threads * (batches / 3)) as u64);
+}
