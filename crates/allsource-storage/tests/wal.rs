@@ -201,6 +201,17 @@ fn garbage_after_the_last_record_is_cut() {
             Wal::open(Arc::new(fs.clone()), Path::new("/data/wal"), config(u64::MAX)).unwrap();
         assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=6)));
         assert_eq!(report.bytes_cut as usize, garbage.len());
+        assert_eq!(report.zeros_cut, 0);
+        assert_eq!(fs.file(&path).unwrap(), clean);
+    }
+    // A torn record in a segment written ahead of time: its bytes, then zeros to the
+    // segment's end. All of it is cut; the zeros are counted apart.
+    for (torn, zeros) in [(vec![0x7Fu8; 40], 4096usize), ([vec![9u8; 10], vec![0; 5], vec![3]].concat(), 1)] {
+        fs.set_file(&path, [clean.clone(), torn.clone(), vec![0; zeros]].concat());
+        let (wal, report) =
+            Wal::open(Arc::new(fs.clone()), Path::new("/data/wal"), config(u64::MAX)).unwrap();
+        assert_eq!(wal.recover().unwrap().into_events().unwrap(), plain(&events(1..=6)));
+        assert_eq!((report.bytes_cut as usize, report.zeros_cut as usize), (torn.len() + zeros, zeros));
         assert_eq!(fs.file(&path).unwrap(), clean);
     }
 }

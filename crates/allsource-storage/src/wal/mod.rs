@@ -243,6 +243,10 @@ pub struct RecoveryReport {
     pub bytes: u64,
     /// Bytes of torn tail cut from the last segment (0 when clean).
     pub bytes_cut: u64,
+    /// Of `bytes_cut`, the zeros after the last byte that is not zero: the rest of a
+    /// segment written ahead of time, never written by a record. A torn write in such
+    /// a segment leaves a few bytes, then up to the segment's end in zeros.
+    pub zeros_cut: u64,
     /// Sealed chunks (Parquet files) loaded, and the events in them (counted in
     /// `events` too).
     pub chunks: u64,
@@ -815,16 +819,20 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
                         return Err(corrupt(offset, &why));
                     }
                     let cut = bytes.len() - offset;
+                    let written = bytes[offset..].iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+                    let zeros = cut - written;
                     tracing::warn!(
                         segment = %path.display(),
                         offset,
                         bytes_cut = cut,
+                        zeros_cut = zeros,
                         %why,
                         "cutting a torn tail from the WAL: the record was never acknowledged"
                     );
                     fs.truncate(&path, offset as u64)
                         .map_err(|e| storage_error(format!("cannot truncate {}: {e}", path.display())))?;
                     report.bytes_cut += cut as u64;
+                    report.zeros_cut += zeros as u64;
                     break;
                 }
             }
