@@ -575,8 +575,8 @@ impl Inner {
         let decided =
             self.decide(&mut sequencer, proposals, is_batch, timestamp, &mut decisions, &mut new_events);
         // A read-only store still answers what needs no write: a retry of stored events
-        // (its ticket fails if one of them never became durable), and the refusals
-        // above, which a client must see rather than a storage error.
+        // (its ticket fails if one of them never became durable), and `decide`'s
+        // refusals, which a client must see rather than a storage error.
         let decided = decided.and_then(|()| match self.failure() {
             Some(error) if !new_events.is_empty() => Err(error),
             _ => Ok(()),

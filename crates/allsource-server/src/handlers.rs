@@ -148,8 +148,6 @@ fn render_batch_response(events: &[Arc<Event>]) -> Vec<u8> {
     let mut body = Vec::with_capacity(32 + events.len() * (128 + 24));
     // Writing to a Vec cannot fail.
     let _ = write!(body, "{{\"count\":{},\"events\":[", events.len());
-    // The events of a batch share one timestamp: it is formatted once.
-    let mut timestamp: Option<(Timestamp, String)> = None;
     for (index, event) in events.iter().enumerate() {
         if index > 0 {
             body.push(b',');
@@ -159,14 +157,11 @@ fn render_batch_response(events: &[Arc<Event>]) -> Vec<u8> {
         body.extend_from_slice(event.id.hyphenated().encode_lower(&mut id).as_bytes());
         body.extend_from_slice(b"\",\"entity_id\":");
         write_json_string(&mut body, event.entity_id.as_str());
-        let _ =
-            write!(body, ",\"version\":{},\"position\":{},\"timestamp\":\"", event.version, event.position);
-        let text = match &timestamp {
-            Some((at, text)) if *at == event.timestamp => text,
-            _ => &timestamp.insert((event.timestamp, event.timestamp.to_string())).1,
-        };
-        body.extend_from_slice(text.as_bytes());
-        body.extend_from_slice(b"\"}");
+        let _ = write!(
+            body,
+            ",\"version\":{},\"position\":{},\"timestamp\":\"{}\"}}",
+            event.version, event.position, event.timestamp
+        );
     }
     body.extend_from_slice(b"]}");
     body
