@@ -531,6 +531,23 @@ impl EventColumns {
         part.positions.value(row)
     }
 
+    /// Reads `row`'s fixed-width cells and the starts of its texts, and folds them into
+    /// a word that means nothing. For a reader about to read many rows spread over
+    /// memory: these loads depend on nothing but `row`, so those of every row can wait
+    /// on memory at the same time, before the rows are read one after another.
+    pub fn touch(&self, row: usize) -> u64 {
+        let (_, part, row) = self.at(row);
+        let start = |texts: &StringArray| texts.value_offsets()[row] as u64;
+        u64::from(part.ids.value(row)[0])
+            ^ part.event_type_keys.values()[row] as u64
+            ^ start(&part.entity_ids)
+            ^ start(&part.payloads)
+            ^ start(&part.metadata)
+            ^ part.timestamps.values()[row] as u64
+            ^ part.versions.values()[row]
+            ^ part.positions.values()[row]
+    }
+
     /// The event in `row`, made whole (its texts checked to be JSON once more, which
     /// is what making a [`Json`] costs).
     pub fn event(&self, row: usize) -> Result<Event, Error> {
@@ -877,6 +894,8 @@ mod tests {
         for (offset, len) in [(0, 40), (3, 17), (10, 0), (39, 1), (5, 30), (0, 1)] {
             let slice = columns.slice(offset, len);
             assert_eq!(rows(&slice), plain(&events[offset..offset + len]), "slice({offset}, {len})");
+            // Every row of every part, sliced or not, can be touched (no index past a part).
+            std::hint::black_box((0..len).fold(0, |acc, row| acc ^ slice.touch(row)));
         }
         let wanted = [0, 1, 2, 9, 10, 11, 25, 39];
         let taken = columns.take(&wanted).unwrap();
