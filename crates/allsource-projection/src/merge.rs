@@ -130,11 +130,56 @@ fn merge_at(state: &str, patch: &str, out: &mut String, depth: usize) -> serde_j
 /// One member of an object, borrowed from its text.
 struct Member<'a> {
     /// The key, unescaped (borrowed when it has no escapes).
-    key: Cow<'a, str>,
+    key: Key<'a>,
     /// The key as written, with its quotes.
     raw_key: &'a str,
     /// The value as written.
     value: &'a str,
+}
+
+/// A member's key, unescaped, ordered as its text is, with its first eight bytes in a
+/// word: most keys are no longer or differ in them, and then comparing two keys is
+/// comparing two words rather than a call to compare memory.
+struct Key<'a> {
+    /// The first eight bytes, big-endian, zeros past the end of a shorter key. Where
+    /// two of these differ, the keys compare as they do. Where they are equal and both
+    /// keys are no longer, the keys differ at most in trailing zero bytes: the shorter
+    /// is first. Otherwise the texts decide.
+    head: u64,
+    text: Cow<'a, str>,
+}
+
+impl<'a> Key<'a> {
+    fn new(text: Cow<'a, str>) -> Key<'a> {
+        // Byte by byte: a copy of up to eight bytes into a word is a call to copy
+        // memory, and reading the word back then waits for the copy's stores.
+        let head = (text.as_bytes().iter().take(8).enumerate())
+            .fold(0u64, |head, (i, &byte)| head | u64::from(byte) << (56 - 8 * i));
+        Key { head, text }
+    }
+}
+
+impl Ord for Key<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.head.cmp(&other.head).then_with(|| match (self.text.len(), other.text.len()) {
+            (a, b) if a <= 8 && b <= 8 => a.cmp(&b),
+            _ => self.text.cmp(&other.text),
+        })
+    }
+}
+
+impl PartialEq for Key<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Key<'_> {}
+
+impl PartialOrd for Key<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 fn malformed() -> serde_json::Error {
@@ -156,13 +201,13 @@ fn members<'a>(text: &'a str, found: &mut Members<'a>) -> serde_json::Result<()>
         if bytes.get(at) != Some(&b'"') {
             return Err(malformed());
         }
-        let key_end = string_end(bytes, at)?;
+        let (key_end, escaped) = string_end(bytes, at)?;
         let raw_key = text.get(at..key_end).ok_or_else(malformed)?;
-        let key = if raw_key.contains('\\') {
+        let key = Key::new(if escaped {
             Cow::Owned(serde_json::from_str::<String>(raw_key)?)
         } else {
             Cow::Borrowed(raw_key.get(1..raw_key.len() - 1).ok_or_else(malformed)?)
-        };
+        });
         if bytes.get(key_end) != Some(&b':') {
             return Err(malformed());
         }
@@ -177,9 +222,11 @@ fn members<'a>(text: &'a str, found: &mut Members<'a>) -> serde_json::Result<()>
     }
 }
 
-/// The end (exclusive) of the string that starts with the quote at `start`.
-fn string_end(bytes: &[u8], start: usize) -> serde_json::Result<usize> {
+/// The end (exclusive) of the string that starts with the quote at `start`, and
+/// whether it has escapes.
+fn string_end(bytes: &[u8], start: usize) -> serde_json::Result<(usize, bool)> {
     let mut at = start + 1;
+    let mut escaped = false;
     loop {
         // Eight bytes at a time up to the next quote or backslash: most of a compact
         // text is inside strings.
@@ -193,8 +240,11 @@ fn string_end(bytes: &[u8], start: usize) -> serde_json::Result<usize> {
             at += 8;
         }
         match bytes.get(at) {
-            Some(b'"') => return Ok(at + 1),
-            Some(b'\\') => at += 2,
+            Some(b'"') => return Ok((at + 1, escaped)),
+            Some(b'\\') => {
+                escaped = true;
+                at += 2;
+            }
             Some(_) => at += 1,
             None => return Err(malformed()),
         }
@@ -212,14 +262,14 @@ fn bytes_equal_to(word: u64, byte: u8) -> u64 {
 /// The end (exclusive) of the compact JSON value that starts at `start`.
 fn value_end(bytes: &[u8], start: usize) -> serde_json::Result<usize> {
     match bytes.get(start) {
-        Some(b'"') => string_end(bytes, start),
+        Some(b'"') => Ok(string_end(bytes, start)?.0),
         Some(b'{' | b'[') => {
             let mut depth = 0usize;
             let mut at = start;
             loop {
                 match bytes.get(at) {
                     Some(b'"') => {
-                        at = string_end(bytes, at)?;
+                        at = string_end(bytes, at)?.0;
                         continue;
                     }
                     Some(b'{' | b'[') => depth += 1,
@@ -242,6 +292,26 @@ fn value_end(bytes: &[u8], start: usize) -> serde_json::Result<usize> {
                 .position(|b| matches!(b, b',' | b'}' | b']'))
                 .unwrap_or(bytes.len() - start);
             Ok(start + len)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Keys order as their texts do: short and long ones, ones equal in their first
+        /// eight bytes, and ones that differ only by trailing zero bytes.
+        #[test]
+        fn keys_compare_as_their_texts(a in "[ab\\x00é]{0,12}", b in "[ab\\x00é]{0,12}") {
+            let (x, y) = (Key::new(Cow::Borrowed(a.as_str())), Key::new(Cow::Borrowed(b.as_str())));
+            prop_assert_eq!(x.cmp(&y), a.cmp(&b));
+            prop_assert_eq!(x == y, a == b);
+            let (x0, a0) = (Key::new(Cow::Owned(format!("{a}\0"))), format!("{a}\0"));
+            prop_assert_eq!(x0.cmp(&x), a0.as_str().cmp(a.as_str()));
         }
     }
 }
