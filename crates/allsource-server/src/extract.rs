@@ -7,7 +7,6 @@
 //! the engine (`allsource-core-types`), once.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::time::Duration;
@@ -15,7 +14,7 @@ use std::time::Duration;
 use allsource_core::limits::REQUEST_BYTES_MAX;
 use allsource_core::{Error, IntoProposal, ProposedEvent, QueryEventsRequest, RawNewEvent, Timestamp, Uuid};
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::{ACCEPT, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
@@ -121,8 +120,8 @@ pub struct EventsQuery(pub QueryEventsRequest);
 impl<S: Send + Sync> FromRequestParts<S> for EventsQuery {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let mut params = QueryParams::from_request_parts(parts, state).await?;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        let mut params = QueryParams::of(parts)?;
         let mut request = filters(&mut params)?;
         request.limit = params
             .take("limit")?
@@ -142,8 +141,8 @@ pub struct ExportQuery(pub QueryEventsRequest);
 impl<S: Send + Sync> FromRequestParts<S> for ExportQuery {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let mut params = QueryParams::from_request_parts(parts, state).await?;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        let mut params = QueryParams::of(parts)?;
         let request = filters(&mut params)?;
         params.finish()?;
         Ok(ExportQuery(request))
@@ -160,8 +159,8 @@ pub struct StreamQuery(pub QueryEventsRequest);
 impl<S: Send + Sync> FromRequestParts<S> for StreamQuery {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let mut params = QueryParams::from_request_parts(parts, state).await?;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        let mut params = QueryParams::of(parts)?;
         let after = params
             .take("after")?
             .map(|v| parse_number("after", &v, "a position (an integer >= 0)"))
@@ -304,8 +303,8 @@ pub struct AsOfQuery(pub Option<(Timestamp, String)>);
 impl<S: Send + Sync> FromRequestParts<S> for AsOfQuery {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let mut params = QueryParams::from_request_parts(parts, state).await?;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        let mut params = QueryParams::of(parts)?;
         let as_of = match params.take("as_of")? {
             None => None,
             Some(text) => {
@@ -330,45 +329,43 @@ pub struct NoQuery;
 impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        QueryParams::from_request_parts(parts, state).await?.finish()?;
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
+        QueryParams::of(parts)?.finish()?;
         Ok(NoQuery)
     }
 }
 
 /// The decoded `name=value` pairs of a query string, taken one name at a time; what is
-/// left at the end is an unknown parameter.
+/// left at the end is an unknown parameter. A list, not a map: a request names a few.
 struct QueryParams {
-    params: HashMap<String, Vec<String>>,
+    params: Vec<(String, String)>,
     taken: Vec<&'static str>,
 }
 
 impl QueryParams {
-    async fn from_request_parts<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        check_query_utf8(parts.uri.query().unwrap_or(""))?;
-        let Query(pairs) = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| Error::Validation(format!("bad query string: {}", rejection.body_text())))?;
-        let mut params: HashMap<String, Vec<String>> = HashMap::new();
-        for (name, value) in pairs {
-            params.entry(name).or_default().push(value);
-        }
+    fn of(parts: &Parts) -> Result<Self, AppError> {
+        let query = parts.uri.query().unwrap_or("");
+        check_query_utf8(query)?;
+        let params = form_urlencoded::parse(query.as_bytes())
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
         Ok(QueryParams { params, taken: Vec::new() })
     }
 
     /// The value of parameter `name`, if given; given twice is an error.
     fn take(&mut self, name: &'static str) -> Result<Option<String>, AppError> {
         self.taken.push(name);
-        let Some(mut values) = self.params.remove(name) else { return Ok(None) };
-        if values.len() > 1 {
+        let Some(at) = self.params.iter().position(|(given, _)| given == name) else { return Ok(None) };
+        let (_, value) = self.params.swap_remove(at);
+        if self.params.iter().any(|(given, _)| given == name) {
             return Err(Error::Validation(format!("query parameter '{name}' is given more than once")).into());
         }
-        Ok(values.pop())
+        Ok(Some(value))
     }
 
     /// Fails on the first parameter nobody took.
     fn finish(self) -> Result<(), AppError> {
-        let mut unknown: Vec<&String> = self.params.keys().collect();
+        let mut unknown: Vec<&String> = self.params.iter().map(|(name, _)| name).collect();
         unknown.sort();
         let Some(name) = unknown.first() else { return Ok(()) };
         let expected = if self.taken.is_empty() {
