@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::commit::{Ticket, Waiters};
 use crate::ids::IdGenerator;
-use crate::table::{columns_of, EventTable, EventView, CHUNK_EVENTS};
+use crate::table::{columns_of, touch_cells, EventTable, EventView, CHUNK_EVENTS};
 
 /// The result of appending one event.
 #[derive(Debug, Clone)]
@@ -1041,6 +1041,8 @@ impl EventStore {
         let mut more = positions.len() > limit;
         positions.truncate(limit);
         let mut events = self.inner.table.views(&positions);
+        // The page bound below and every renderer read these rows' cells.
+        touch_cells(&events);
         // Bounded in bytes too: a page stops before the event that would pass the limit.
         let mut text_bytes = 0usize;
         if let Some(over) = events.iter().position(|event| {
