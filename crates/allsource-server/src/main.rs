@@ -177,6 +177,7 @@ fn open_store(config: &Config, metrics: &Metrics) -> anyhow::Result<EventStore> 
         segments = report.segments,
         bytes_cut = report.bytes_cut,
         zeros_cut = report.zeros_cut,
+        old_bytes_cut = report.old_bytes_cut,
         chunks = report.chunks,
         chunks_load_ms = report.chunks_load_time.as_millis() as u64,
         wal_read_ms = report.wal_read_time.as_millis() as u64,

@@ -1,8 +1,9 @@
 //! Writes the fixture data directories of the current formats:
 //! `cargo run -p allsource-storage --example write_fixture -- crates/allsource-storage/tests/fixtures`.
 //! Run once per format version; the directories are committed and never rewritten.
-//! `v1`: a WAL of two segments. `v1-chunks`: the same events, all sealed into two
-//! Parquet chunks listed by a manifest, beside the WAL.
+//! `v2`: a WAL of two segments (`v1`, the same in WAL format 1, was written by that
+//! format's writer). `v1-chunks`: the same events, all sealed into two Parquet chunks
+//! listed by a manifest, beside a WAL of format 1.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,7 +24,7 @@ fn main() {
         preallocate: Preallocate::Off,
     };
 
-    let dir = root.join("v1");
+    let dir = root.join("v2");
     if !dir.exists() {
         let (wal, report) = Wal::open_dir(&dir, config.clone()).expect("open");
         assert_eq!(report.events, 0, "the fixture directory must start empty");

@@ -5,8 +5,10 @@
 //! fail the Nth mutating operation, or every write once the "disk" is full, and it can
 //! produce the image a crash would leave: synced bytes kept, any prefix of the unsynced
 //! bytes kept (optionally damaged, as a power loss may leave them), files whose names
-//! were never made durable possibly gone. A file may be preallocated: it then reads as
-//! its written bytes followed by zeros, which appends overwrite and a crash keeps.
+//! were never made durable possibly gone. A file reads as its written bytes followed by
+//! what lies beyond them on disk: the zeros a preallocation wrote, or the old bytes of a
+//! file opened for writing at an earlier offset (a reused segment). Appends overwrite
+//! them; a crash keeps them where it loses the appends over them.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -21,10 +23,11 @@ use crate::fs::{AppendFile, Fs};
 struct SimFile {
     /// Follows the file through renames, as an open file does.
     id: u64,
-    /// The bytes appended (the file reads as these, then zeros up to `zeros_to`).
+    /// The bytes appended (the file reads as these, then `under` past their end).
     data: Vec<u8>,
-    /// The end of the synced zeros that preallocation wrote.
-    zeros_to: usize,
+    /// Synced bytes under the appends: zeros a preallocation wrote, or what the file
+    /// held when it was opened at an earlier offset.
+    under: Vec<u8>,
     synced_len: usize,
     name_durable: bool,
     /// The name it had before a rename that its directory has not synced yet.
@@ -39,6 +42,8 @@ struct SimState {
     dirs: BTreeSet<PathBuf>,
     ops: u64,
     fail_at: Option<u64>,
+    /// Every operation after this one fails and changes nothing: the process is dead.
+    dead_after: Option<u64>,
     disk_full: bool,
     /// The id of the last file created.
     last_id: u64,
@@ -48,10 +53,17 @@ impl SimState {
     /// Counts a mutating operation and fails it if it is the chosen one.
     fn op(&mut self) -> io::Result<()> {
         self.ops += 1;
+        if self.dead() {
+            return Err(io::Error::other(format!("operation {} after the crash", self.ops)));
+        }
         if self.fail_at == Some(self.ops) {
             return Err(io::Error::other(format!("injected fault at operation {}", self.ops)));
         }
         Ok(())
+    }
+
+    fn dead(&self) -> bool {
+        self.dead_after.is_some_and(|last| self.ops > last)
     }
 
     /// The file an open handle refers to, wherever it has been renamed since.
@@ -66,8 +78,8 @@ impl SimFile {
     /// The bytes the file reads as.
     fn bytes(&self) -> Vec<u8> {
         let mut bytes = self.data.clone();
-        if self.zeros_to > bytes.len() {
-            bytes.resize(self.zeros_to, 0);
+        if let Some(beyond) = self.under.get(bytes.len()..) {
+            bytes.extend_from_slice(beyond);
         }
         bytes
     }
@@ -100,6 +112,15 @@ impl SimFs {
     pub fn fail_operation(&self, n: u64) {
         let mut state = self.state.lock();
         state.fail_at = Some(state.ops + n);
+    }
+
+    /// Makes the process die after `n` more mutating operations: every one after them
+    /// fails and changes nothing, so that the state is what a crash right after the Nth
+    /// left (the code's own handling of the failures included, which a crash would
+    /// never run).
+    pub fn crash_after(&self, n: u64) {
+        let mut state = self.state.lock();
+        state.dead_after = Some(state.ops + n);
     }
 
     /// Makes every later write fail as on a full disk (or stops doing so).
@@ -187,7 +208,7 @@ impl AppendFile for SimAppendFile {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut state = self.state.lock();
         let result = state.op();
-        let full = state.disk_full;
+        let (full, dead) = (state.disk_full, state.dead());
         let file = state.file_by_id(self.id)?;
         let failure = match result {
             Err(error) => Some(error),
@@ -195,8 +216,10 @@ impl AppendFile for SimAppendFile {
             Ok(()) => None,
         };
         if let Some(error) = failure {
-            // A failed write may still have written a prefix.
-            file.data.extend_from_slice(&bytes[..bytes.len() / 2]);
+            // A failed write may still have written a prefix (not after a crash).
+            if !dead {
+                file.data.extend_from_slice(&bytes[..bytes.len() / 2]);
+            }
             return Err(error);
         }
         file.data.extend_from_slice(bytes);
@@ -218,7 +241,10 @@ impl AppendFile for SimAppendFile {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device"));
         }
         let file = state.file_by_id(self.id)?;
-        file.zeros_to = file.zeros_to.max(usize::try_from(len).unwrap_or(usize::MAX));
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if file.under.len() < len {
+            file.under.resize(len, 0);
+        }
         Ok(())
     }
 }
@@ -264,19 +290,19 @@ impl Fs for SimFs {
     fn open_at(&self, path: &Path, offset: u64) -> io::Result<Box<dyn AppendFile>> {
         let mut state = self.state.lock();
         let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
-        // Appends go at the end of `data`: the bytes from `offset` on must be zeros,
-        // which the file keeps reading as until they are overwritten.
+        // Appends go at the end of `data`: the bytes from `offset` on stay under them,
+        // and the file keeps reading as them until they are overwritten.
         let offset = usize::try_from(offset).unwrap_or(usize::MAX);
         let bytes = file.bytes();
-        if offset > bytes.len() || bytes[offset..].iter().any(|&b| b != 0) {
+        if offset > bytes.len() || file.synced_len < file.data.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("the simulation opens {} only where zeros or its end follow", path.display()),
+                format!("the simulation opens {} only synced, and within its bytes", path.display()),
             ));
         }
-        file.zeros_to = file.zeros_to.max(file.data.len());
-        file.data.resize(offset, 0);
-        file.synced_len = file.synced_len.min(offset);
+        file.data = bytes[..offset].to_vec();
+        file.under = bytes;
+        file.synced_len = offset;
         Ok(Box::new(SimAppendFile { state: self.state.clone(), id: file.id }))
     }
 
@@ -285,9 +311,12 @@ impl Fs for SimFs {
         state.op()?;
         let file = state.files.get_mut(path).ok_or_else(|| not_found(path))?;
         let len = usize::try_from(len).unwrap_or(usize::MAX);
-        file.data.truncate(len);
-        file.zeros_to = file.zeros_to.min(len);
-        file.synced_len = file.data.len();
+        // What the file reads as, cut (or zero-extended, as `ftruncate` does), all synced.
+        let mut bytes = file.bytes();
+        bytes.resize(len, 0);
+        file.data = bytes;
+        file.under.clear();
+        file.synced_len = len;
         Ok(())
     }
 

@@ -8,8 +8,11 @@ use uuid::Uuid;
 
 /// The segment header's magic bytes.
 pub(crate) const SEGMENT_MAGIC: [u8; 8] = *b"ALLSWAL\0";
-/// The segment format version this code writes.
-pub(crate) const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// The segment format version this code writes: 2, whose records' checksums are
+/// seeded with the segment's first position (see [`RecordCrc`]). Version 1 segments
+/// (plain checksums) are read, and a version 1 segment left open is appended to as
+/// version 1.
+pub(crate) const SEGMENT_FORMAT_VERSION: u32 = 2;
 /// The size of a segment header.
 pub(crate) const SEGMENT_HEADER_BYTES: usize = 32;
 /// A record header's magic number.
@@ -26,6 +29,29 @@ pub(crate) const RECORD_KIND_EVENTS: u8 = 1;
 const BODY_PREFIX_BYTES: usize = 16;
 
 const _: () = assert!(RECORD_BODY_BYTES_MAX <= u32::MAX as usize);
+
+/// How the records of one segment are checksummed. In a version 2 segment every
+/// record CRC starts from the CRC of the segment's first position, so records that a
+/// reused segment file still holds from its earlier life (another first position) fail
+/// their checksums like any other stale bytes; in a version 1 segment they are plain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordCrc {
+    seed: u32,
+}
+
+impl RecordCrc {
+    /// The plain CRC32C of version 1 segments.
+    pub(crate) const PLAIN: RecordCrc = RecordCrc { seed: 0 };
+
+    /// The checksums of a version 2 segment whose first position is `first_position`.
+    pub(crate) fn seeded(first_position: Position) -> RecordCrc {
+        RecordCrc { seed: crc32c::crc32c(&first_position.to_le_bytes()) }
+    }
+
+    fn of(self, bytes: &[u8]) -> u32 {
+        crc32c::crc32c_append(self.seed, bytes)
+    }
+}
 
 /// The header of a segment whose first event will be `first_position`.
 pub(crate) fn segment_header(first_position: Position) -> [u8; SEGMENT_HEADER_BYTES] {
@@ -47,8 +73,8 @@ pub(crate) enum HeaderError {
     Bad(String),
 }
 
-/// The first position a segment header names.
-pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<Position, HeaderError> {
+/// The first position a segment header names, and how its records are checksummed.
+pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<(Position, RecordCrc), HeaderError> {
     let Some(header) = bytes.get(..SEGMENT_HEADER_BYTES) else { return Err(HeaderError::Short) };
     if header[0..8] != SEGMENT_MAGIC {
         return Err(HeaderError::Bad("not an AllSource WAL segment (bad magic)".to_string()));
@@ -59,15 +85,17 @@ pub(crate) fn parse_segment_header(bytes: &[u8]) -> Result<Position, HeaderError
     if u32_at(header, 12) != 0 || u32_at(header, 28) != 0 {
         return Err(HeaderError::Bad("segment header reserved bytes are not zero".to_string()));
     }
-    let version = u32_at(header, 8);
-    if version != SEGMENT_FORMAT_VERSION {
-        return Err(HeaderError::Bad(format!("segment format version {version} is not supported")));
+    let first_position = u64_at(header, 16);
+    match u32_at(header, 8) {
+        1 => Ok((first_position, RecordCrc::PLAIN)),
+        2 => Ok((first_position, RecordCrc::seeded(first_position))),
+        version => Err(HeaderError::Bad(format!("segment format version {version} is not supported"))),
     }
-    Ok(u64_at(header, 16))
 }
 
-/// Appends one record holding `events` (consecutive positions) to `out`.
-pub(crate) fn encode_record(events: &[Arc<Event>], out: &mut Vec<u8>) -> Result<(), String> {
+/// Appends one record holding `events` (consecutive positions) to `out`, checksummed
+/// as its segment's records are.
+pub(crate) fn encode_record(events: &[Arc<Event>], crc: RecordCrc, out: &mut Vec<u8>) -> Result<(), String> {
     let Some(first) = events.first() else { return Ok(()) };
     let start = out.len();
     out.extend_from_slice(&[0u8; RECORD_HEADER_BYTES]);
@@ -86,12 +114,12 @@ pub(crate) fn encode_record(events: &[Arc<Event>], out: &mut Vec<u8>) -> Result<
         out.truncate(start);
         return Err(format!("a record of {body_len} bytes is over the limit of {RECORD_BODY_BYTES_MAX}"));
     }
-    let body_crc = crc32c::crc32c(&out[body_start..]);
+    let body_crc = crc.of(&out[body_start..]);
     let header = &mut out[start..body_start];
     header[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
     header[4..8].copy_from_slice(&(body_len as u32).to_le_bytes());
     header[8..12].copy_from_slice(&body_crc.to_le_bytes());
-    let header_crc = crc32c::crc32c(&header[0..12]);
+    let header_crc = crc.of(&header[0..12]);
     header[12..16].copy_from_slice(&header_crc.to_le_bytes());
     Ok(())
 }
@@ -136,16 +164,16 @@ pub(crate) enum RecordRead {
 
 /// Reads the record at the start of `bytes`; `expected_first` is the position its
 /// first event must have.
-pub(crate) fn read_record(bytes: &[u8], expected_first: Position) -> RecordRead {
+pub(crate) fn read_record(bytes: &[u8], expected_first: Position, crc: RecordCrc) -> RecordRead {
     if bytes.is_empty() {
         return RecordRead::End;
     }
-    let body_len = match check_record_header(bytes) {
+    let body_len = match check_record_header(bytes, crc) {
         Ok(len) => len,
         Err(why) => return RecordRead::Invalid(why),
     };
     let body = &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + body_len];
-    if crc32c::crc32c(body) != u32_at(bytes, 8) {
+    if crc.of(body) != u32_at(bytes, 8) {
         return RecordRead::Invalid("record body checksum mismatch".to_string());
     }
     match decode_body(body, expected_first) {
@@ -155,14 +183,14 @@ pub(crate) fn read_record(bytes: &[u8], expected_first: Position) -> RecordRead 
 }
 
 /// Checks a record header (magic, CRC, length within `bytes`); returns the body length.
-fn check_record_header(bytes: &[u8]) -> Result<usize, String> {
+fn check_record_header(bytes: &[u8], crc: RecordCrc) -> Result<usize, String> {
     let Some(header) = bytes.get(..RECORD_HEADER_BYTES) else {
         return Err(format!("{} bytes, shorter than a record header", bytes.len()));
     };
     if u32_at(header, 0) != RECORD_MAGIC {
         return Err("bad record magic".to_string());
     }
-    if crc32c::crc32c(&header[0..12]) != u32_at(header, 12) {
+    if crc.of(&header[0..12]) != u32_at(header, 12) {
         return Err("record header checksum mismatch".to_string());
     }
     let body_len = u32_at(header, 4) as usize;
@@ -178,17 +206,26 @@ fn check_record_header(bytes: &[u8]) -> Result<usize, String> {
     Ok(body_len)
 }
 
-/// Whether a record whose header and body both pass their checksums starts anywhere
-/// in `bytes`: proof that the bytes before it had been synced.
-pub(crate) fn valid_record_follows(bytes: &[u8]) -> Option<usize> {
+/// Whether a record whose header and body both pass their checksums (as `crc` makes
+/// them) starts anywhere in `bytes`: proof that the bytes before it had been synced.
+pub(crate) fn valid_record_follows(bytes: &[u8], crc: RecordCrc) -> Option<usize> {
     let magic = RECORD_MAGIC.to_le_bytes();
     (0..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1)).find(|&offset| {
         let candidate = &bytes[offset..];
         candidate[..4] == magic
-            && check_record_header(candidate).is_ok_and(|body_len| {
+            && check_record_header(candidate, crc).is_ok_and(|body_len| {
                 let body = &candidate[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + body_len];
-                crc32c::crc32c(body) == u32_at(candidate, 8)
+                crc.of(body) == u32_at(candidate, 8)
             })
+    })
+}
+
+/// Whether `bytes` start with a record header that passes its checksum as `crc` makes
+/// it: a record this segment began to write. After the last valid record, anything else
+/// is bytes that no record of this segment wrote (in a reused segment, its old records).
+pub(crate) fn header_passes(bytes: &[u8], crc: RecordCrc) -> bool {
+    bytes.get(..RECORD_HEADER_BYTES).is_some_and(|header| {
+        u32_at(header, 0) == RECORD_MAGIC && crc.of(&header[0..12]) == u32_at(header, 12)
     })
 }
 
@@ -311,8 +348,8 @@ mod tests {
     fn record_round_trip() {
         let events: Vec<_> = (5..9).map(event).collect();
         let mut bytes = Vec::new();
-        encode_record(&events, &mut bytes).unwrap();
-        match read_record(&bytes, 5) {
+        encode_record(&events, RecordCrc::seeded(5), &mut bytes).unwrap();
+        match read_record(&bytes, 5, RecordCrc::seeded(5)) {
             RecordRead::Record { len, events: decoded } => {
                 assert_eq!(len, bytes.len());
                 let expected: Vec<Event> = events.iter().map(|e| (**e).clone()).collect();
@@ -320,37 +357,69 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(read_record(&bytes, 6), RecordRead::Corrupt(_)));
+        assert!(matches!(read_record(&bytes, 6, RecordCrc::seeded(5)), RecordRead::Corrupt(_)));
     }
 
     #[test]
     fn every_truncation_and_every_bit_flip_is_detected() {
         let mut bytes = Vec::new();
-        encode_record(&[event(1), event(2)], &mut bytes).unwrap();
+        let crc = RecordCrc::seeded(1);
+        encode_record(&[event(1), event(2)], crc, &mut bytes).unwrap();
         for cut in 1..bytes.len() {
-            assert!(matches!(read_record(&bytes[..cut], 1), RecordRead::Invalid(_)), "cut at {cut}");
+            assert!(matches!(read_record(&bytes[..cut], 1, crc), RecordRead::Invalid(_)), "cut at {cut}");
         }
         for bit in 0..bytes.len() * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
-            assert!(matches!(read_record(&flipped, 1), RecordRead::Invalid(_)), "bit {bit}");
+            assert!(matches!(read_record(&flipped, 1, crc), RecordRead::Invalid(_)), "bit {bit}");
         }
+    }
+
+    #[test]
+    fn a_record_passes_only_in_a_segment_with_its_first_position() {
+        // What a reused segment file still holds from its earlier life: records whose
+        // checksums were seeded with another first position, or plain (version 1).
+        let mut bytes = Vec::new();
+        encode_record(&[event(7)], RecordCrc::seeded(1), &mut bytes).unwrap();
+        assert!(matches!(read_record(&bytes, 7, RecordCrc::seeded(1)), RecordRead::Record { .. }));
+        for other in [RecordCrc::seeded(2), RecordCrc::seeded(7), RecordCrc::PLAIN] {
+            assert!(matches!(read_record(&bytes, 7, other), RecordRead::Invalid(_)), "{other:?}");
+            assert_eq!(valid_record_follows(&bytes, other), None);
+        }
+        // Seeded: the CRC32C of the first position's 8 bytes, then the body.
+        let seeded = [&1u64.to_le_bytes()[..], &bytes[RECORD_HEADER_BYTES..]].concat();
+        assert_eq!(u32_at(&bytes, 8), crc32c::crc32c(&seeded));
+        let mut plain = Vec::new();
+        encode_record(&[event(7)], RecordCrc::PLAIN, &mut plain).unwrap();
+        assert_eq!(
+            u32_at(&plain, 8),
+            crc32c::crc32c(&plain[RECORD_HEADER_BYTES..]),
+            "version 1 is plain CRC32C"
+        );
+        assert!(matches!(read_record(&plain, 7, RecordCrc::seeded(1)), RecordRead::Invalid(_)));
     }
 
     #[test]
     fn finds_a_valid_record_after_garbage() {
         let mut bytes = vec![0xAB; 37];
         let at = bytes.len();
-        encode_record(&[event(3)], &mut bytes).unwrap();
-        assert_eq!(valid_record_follows(&bytes), Some(at));
-        assert_eq!(valid_record_follows(&bytes[..bytes.len() - 1]), None);
-        assert_eq!(valid_record_follows(&[0u8; 100]), None);
+        let crc = RecordCrc::seeded(3);
+        encode_record(&[event(3)], crc, &mut bytes).unwrap();
+        assert_eq!(valid_record_follows(&bytes, crc), Some(at));
+        assert_eq!(valid_record_follows(&bytes[..bytes.len() - 1], crc), None);
+        assert_eq!(valid_record_follows(&[0u8; 100], crc), None);
     }
 
     #[test]
     fn segment_header_round_trip() {
         let header = segment_header(42);
-        assert_eq!(parse_segment_header(&header), Ok(42));
+        assert_eq!(parse_segment_header(&header), Ok((42, RecordCrc::seeded(42))));
+        // A version 1 header: the same fields, plain record checksums.
+        let mut v1 = header;
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&v1[0..24]);
+        v1[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(parse_segment_header(&v1), Ok((42, RecordCrc::PLAIN)));
         assert_eq!(parse_segment_header(&header[..31]), Err(HeaderError::Short));
         let mut bad = header;
         bad[17] ^= 1;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use allsource_core_types::{EntityId, Error, Event, Position, Timestamp, Version};
 use parking_lot::Mutex;
 
-use self::format::{HeaderError, RecordRead, SEGMENT_HEADER_BYTES};
+use self::format::{HeaderError, RecordCrc, RecordRead, SEGMENT_HEADER_BYTES};
 use crate::columnar::EventColumns;
 use crate::fs::{AppendFile, Fs, RealFs};
 use crate::histogram::{AtomicHistogram, EVENTS_PER_SYNC_BOUNDS, SYNC_MICROS_BOUNDS};
@@ -124,10 +124,13 @@ struct Spare {
 
 #[derive(Default)]
 struct SpareSlot {
-    /// A spare ready for the writer: `SPARE_NAME`, zero-filled and synced, open at 0.
+    /// A spare ready for the writer: `SPARE_NAME`, open at 0, either zero-filled and
+    /// synced or a sealed segment reused (see [`Wal::reuse_as_spare`]).
     ready: Option<Box<dyn AppendFile>>,
     /// The writer asked for a spare that is not ready yet.
     wanted: bool,
+    /// A sealed segment is being made the spare.
+    reusing: bool,
     /// Making one failed: no more are made (until the WAL is reopened).
     failed: bool,
     /// The WAL is being dropped: the maker stops.
@@ -196,8 +199,11 @@ struct WalState {
     poisoned: Option<String>,
     /// Reused encoding buffer.
     buffer: Vec<u8>,
-    /// The open segment was a spare: its records go over zeros, not past its end.
-    over_zeros: bool,
+    /// How the open segment's records are checksummed.
+    crc: RecordCrc,
+    /// The open segment was a spare: its records go over bytes already on disk (zeros,
+    /// or a reused segment's old records), not past its end.
+    preallocated: bool,
     /// A spare was asked for since the open segment began: asked once per segment,
     /// so that later writes take no lock for it.
     spare_asked: bool,
@@ -247,6 +253,11 @@ pub struct RecoveryReport {
     /// segment written ahead of time, never written by a record. A torn write in such
     /// a segment leaves a few bytes, then up to the segment's end in zeros.
     pub zeros_cut: u64,
+    /// Of `bytes_cut`, a cut that did not begin at a record header of the segment's
+    /// own: bytes no record of this segment wrote. In a reused segment, these are its
+    /// old records after the last new one, cut at every restart; otherwise (rarely) a
+    /// record whose header a power loss kept from the disk.
+    pub old_bytes_cut: u64,
     /// Sealed chunks (Parquet files) loaded, and the events in them (counted in
     /// `events` too).
     pub chunks: u64,
@@ -309,9 +320,9 @@ impl Wal {
         let base_last = base.last_position;
         let (events, report, open) = recover(fs.as_ref(), dir, base)?;
         // A last segment that was a spare keeps being written over its zeros.
-        let (file, over_zeros) = match open {
-            Some(open) => (Some(open.file), open.over_zeros),
-            None => (None, false),
+        let (file, crc, preallocated) = match open {
+            Some(open) => (Some(open.file), open.crc, open.preallocated),
+            None => (None, RecordCrc::PLAIN, false),
         };
         // Only committed events are sealed, and only segments wholly sealed are removed:
         // the WAL always reaches at least as far as the archive.
@@ -338,7 +349,8 @@ impl Wal {
                 segments: report.kept_segments.clone(),
                 poisoned: None,
                 buffer: Vec::new(),
-                over_zeros,
+                crc,
+                preallocated,
                 spare_asked: false,
             }),
             recovered: Mutex::new(Some(events)),
@@ -357,7 +369,7 @@ impl Wal {
         let path = self.dir.join(segment_name(state.next_position));
         let header = format::segment_header(state.next_position);
         let spare = self.spare.slot.lock().ready.take();
-        state.over_zeros = spare.is_some();
+        state.preallocated = spare.is_some();
         state.spare_asked = false;
         // The file the header goes into: the spare, or a new file under its final name.
         let spare_path = self.dir.join(SPARE_NAME);
@@ -374,7 +386,7 @@ impl Wal {
         file.write_all(&header)
             .map_err(|e| format!("cannot write segment header {}: {e}", written.display()))?;
         file.sync_data().map_err(|e| format!("cannot sync segment {}: {e}", written.display()))?;
-        if state.over_zeros {
+        if state.preallocated {
             self.fs
                 .rename(&spare_path, &path)
                 .map_err(|e| format!("cannot rename {} to {}: {e}", spare_path.display(), path.display()))?;
@@ -383,6 +395,7 @@ impl Wal {
             .sync_dir(&self.dir)
             .map_err(|e| format!("cannot sync directory {}: {e}", self.dir.display()))?;
         state.file = Some(file);
+        state.crc = RecordCrc::seeded(state.next_position);
         state.segments.push((state.next_position, SEGMENT_HEADER_BYTES as u64));
         self.stats.segments.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes.fetch_add(SEGMENT_HEADER_BYTES as u64, Ordering::Relaxed);
@@ -392,16 +405,17 @@ impl Wal {
     fn write_record(&self, state: &mut WalState, events: &[Arc<Event>]) -> Result<(), String> {
         let segment_bytes = state.segments.last().map_or(0, |(_, bytes)| *bytes);
         // A segment that grows is closed early once a spare is ready: writes go over
-        // zeros from then on (all but a segment's last record, which may run past them).
+        // bytes on disk from then on (all but a segment's last record, which may run
+        // past them).
         if state.file.is_none()
             || segment_bytes >= self.config.segment_bytes_max
-            || (!state.over_zeros && self.spare.slot.lock().ready.is_some())
+            || (!state.preallocated && self.spare.slot.lock().ready.is_some())
         {
             self.rotate(state)?;
         }
         let mut buffer = std::mem::take(&mut state.buffer);
         buffer.clear();
-        format::encode_record(events, &mut buffer)?;
+        format::encode_record(events, state.crc, &mut buffer)?;
         let Some(file) = state.file.as_mut() else { return Err("no open segment".to_string()) };
         let result =
             file.write_all(&buffer).map_err(|e| format!("cannot write to the WAL: {e}")).and_then(|()| {
@@ -436,7 +450,7 @@ impl Wal {
             return;
         }
         let mut slot = self.spare.slot.lock();
-        if slot.ready.is_some() || slot.wanted || slot.failed || slot.closing {
+        if slot.ready.is_some() || slot.wanted || slot.reusing || slot.failed || slot.closing {
             return;
         }
         match self.config.preallocate {
@@ -499,7 +513,8 @@ impl Wal {
 
     /// Removes the segments whose events all lie at or before `position` (sealed into
     /// the archive); never the open segment. Returns how many were removed. A segment
-    /// left on disk by a failure here is harmless: recovery skips what is sealed.
+    /// left on disk by a failure here is harmless: recovery skips what is sealed. One
+    /// may become the next spare instead of being removed ([`Wal::reuse_as_spare`]).
     pub fn remove_through(&self, position: Position) -> Result<usize, Error> {
         let doomed: Vec<(Position, u64)> = {
             let mut state = self.state.lock();
@@ -511,9 +526,11 @@ impl Wal {
         }
         for (first, bytes) in &doomed {
             let path = self.dir.join(segment_name(*first));
-            self.fs
-                .remove(&path)
-                .map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
+            if !self.reuse_as_spare(&path, *bytes)? {
+                self.fs
+                    .remove(&path)
+                    .map_err(|e| storage_error(format!("cannot remove {}: {e}", path.display())))?;
+            }
             self.stats.segments.fetch_sub(1, Ordering::Relaxed);
             self.stats.bytes.fetch_sub(*bytes, Ordering::Relaxed);
         }
@@ -521,6 +538,64 @@ impl Wal {
             .sync_dir(&self.dir)
             .map_err(|e| storage_error(format!("cannot sync {}: {e}", self.dir.display())))?;
         Ok(doomed.len())
+    }
+
+    /// Makes a sealed segment of `bytes` bytes at `path` the next spare, when spares
+    /// are made and none is ready or on its way, as PostgreSQL and RocksDB recycle their
+    /// logs: its blocks are allocated and written already, so no zeros need writing
+    /// (nor its blocks freeing), and appends over it sync as they do over a spare's
+    /// zeros. Its old records cannot pass for the new segment's: their checksums were
+    /// seeded with another first position ([`RecordCrc`]). The directory is synced
+    /// before the writer may take it (a header written into the file must never show
+    /// under its old name), and the file is cut to `segment_bytes_max`, so that no old
+    /// bytes are left past where the next segment closes. Returns whether it was reused
+    /// (or, after a failure, removed); false leaves it to be removed.
+    fn reuse_as_spare(&self, path: &Path, bytes: u64) -> Result<bool, Error> {
+        let max = self.config.segment_bytes_max;
+        if self.config.sync != SyncMode::Always || self.config.preallocate == Preallocate::Off || bytes < max
+        {
+            return Ok(false);
+        }
+        {
+            let mut slot = self.spare.slot.lock();
+            if slot.ready.is_some() || slot.wanted || slot.reusing || slot.closing {
+                return Ok(false);
+            }
+            slot.reusing = true;
+        }
+        let spare_path = self.dir.join(SPARE_NAME);
+        let reused = (|| {
+            self.fs.rename(path, &spare_path)?;
+            self.fs.sync_dir(&self.dir)?;
+            // Cut only under the spare's name: a segment cut inside its last record and
+            // found under its own name after a crash would read as corrupt.
+            if bytes > max {
+                self.fs.truncate(&spare_path, max)?;
+            }
+            self.fs.open_at(&spare_path, 0)
+        })();
+        let mut slot = self.spare.slot.lock();
+        slot.reusing = false;
+        match reused {
+            Ok(file) => {
+                slot.ready = Some(file);
+                self.spare.changed.notify_all();
+                Ok(true)
+            }
+            Err(error) => {
+                drop(slot);
+                tracing::warn!(%error, segment = %path.display(), "cannot reuse a sealed WAL segment; removing it");
+                for doomed in [path, spare_path.as_path()] {
+                    match self.fs.remove(doomed) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(storage_error(format!("cannot remove {}: {e}", doomed.display())));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(true)
+            }
+        }
     }
 }
 
@@ -725,8 +800,10 @@ type Recovered = (Vec<Event>, RecoveryReport, Option<OpenSegment>);
 /// The last segment, open for appending after recovery.
 struct OpenSegment {
     file: Box<dyn AppendFile>,
+    /// How its records are checksummed.
+    crc: RecordCrc,
     /// It ends in zeros (it was a spare): appends go over them.
-    over_zeros: bool,
+    preallocated: bool,
 }
 
 /// Reads every segment in order; see "Recovery" in `docs/storage-format.md`. Events at
@@ -744,7 +821,7 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
     // The position the next record must start at, once a segment has been read.
     let mut next_expected: Option<Position> = None;
     let mut report = RecoveryReport::default();
-    let mut open: Option<(PathBuf, usize, bool)> = None;
+    let mut open: Option<(PathBuf, usize, RecordCrc, bool)> = None;
     let count = segments.len();
     for (index, first) in segments.into_iter().enumerate() {
         let is_last = index + 1 == count;
@@ -758,9 +835,9 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
             ))
         };
         let expected = next_expected.unwrap_or(first);
-        match format::parse_segment_header(&bytes) {
-            Ok(named) if named == first && named == expected => {}
-            Ok(named) => {
+        let crc = match format::parse_segment_header(&bytes) {
+            Ok((named, crc)) if named == first && named == expected => crc,
+            Ok((named, _)) => {
                 return Err(corrupt(0, &format!("header names position {named}, expected {expected}")));
             }
             Err(error) => {
@@ -768,7 +845,13 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
                     HeaderError::Short => "segment shorter than its header".to_string(),
                     HeaderError::Bad(why) => why,
                 };
-                if is_last && format::valid_record_follows(&bytes).is_none() {
+                // The header is written and synced before the file takes this name, in
+                // a new file or over a spare: only records the name's header would
+                // have checksummed can prove it was ever there.
+                let records_follow = [RecordCrc::seeded(first), RecordCrc::PLAIN]
+                    .into_iter()
+                    .any(|crc| format::valid_record_follows(&bytes, crc).is_some());
+                if is_last && !records_follow {
                     // A crash during rotation: the segment never held a record.
                     tracing::warn!(segment = %path.display(), %why, "removing an unfinished WAL segment");
                     fs.remove(&path)
@@ -780,13 +863,13 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
                 }
                 return Err(corrupt(0, &why));
             }
-        }
+        };
         report.segments += 1;
         let mut offset = SEGMENT_HEADER_BYTES;
         let mut next = first;
         let mut zeros_after = false;
         loop {
-            match format::read_record(&bytes[offset..], next) {
+            match format::read_record(&bytes[offset..], next, crc) {
                 RecordRead::Record { len, events: mut decoded } => {
                     next += decoded.len() as Position;
                     decoded.retain(|e| e.position > skip_through);
@@ -815,20 +898,33 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
                     break;
                 }
                 RecordRead::Invalid(why) => {
-                    if !is_last || format::valid_record_follows(&bytes[offset + 1..]).is_some() {
+                    if !is_last || format::valid_record_follows(&bytes[offset + 1..], crc).is_some() {
                         return Err(corrupt(offset, &why));
                     }
                     let cut = bytes.len() - offset;
                     let written = bytes[offset..].iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
                     let zeros = cut - written;
-                    tracing::warn!(
-                        segment = %path.display(),
-                        offset,
-                        bytes_cut = cut,
-                        zeros_cut = zeros,
-                        %why,
-                        "cutting a torn tail from the WAL: the record was never acknowledged"
-                    );
+                    if format::header_passes(&bytes[offset..], crc) {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            offset,
+                            bytes_cut = cut,
+                            zeros_cut = zeros,
+                            %why,
+                            "cutting a torn tail from the WAL: the record was never acknowledged"
+                        );
+                    } else {
+                        tracing::info!(
+                            segment = %path.display(),
+                            offset,
+                            bytes_cut = cut,
+                            zeros_cut = zeros,
+                            "cutting the bytes after the WAL's last record: no record of this segment \
+                             wrote them (a reused segment's old records)"
+                        );
+                        report.old_bytes_cut += cut as u64;
+                    }
+                    // Cut, not written over: no byte of a torn record may outlive it.
                     fs.truncate(&path, offset as u64)
                         .map_err(|e| storage_error(format!("cannot truncate {}: {e}", path.display())))?;
                     report.bytes_cut += cut as u64;
@@ -841,17 +937,18 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
         report.bytes += offset as u64;
         report.kept_segments.push((first, offset as u64));
         if is_last {
-            open = Some((path, offset, zeros_after));
+            open = Some((path, offset, crc, zeros_after));
         }
     }
     report.events = events.len() as u64;
     report.wal_last = next_expected.map(|next| next - 1);
     let open = match open {
-        Some((path, end, over_zeros)) => Some(OpenSegment {
+        Some((path, end, crc, preallocated)) => Some(OpenSegment {
             file: fs
                 .open_at(&path, end as u64)
                 .map_err(|e| storage_error(format!("cannot open {}: {e}", path.display())))?,
-            over_zeros,
+            crc,
+            preallocated,
         }),
         None => None,
     };
@@ -887,6 +984,61 @@ mod tests {
             }
             slot.ready.is_some()
         }
+    }
+
+    #[test]
+    fn a_sealed_segment_becomes_the_next_one_on_real_files() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig { segment_bytes_max: 64 * 1024, ..WalConfig::default() };
+        let wal_dir = dir.path().join("wal");
+        let inode = |first: Position| std::fs::metadata(wal_dir.join(segment_name(first))).unwrap().ino();
+        let mut next = 1;
+        let (wal, _) = Wal::open_dir(dir.path(), config.clone()).unwrap();
+        let append = |next: &mut Position| {
+            wal.append(&[event(*next)]).unwrap();
+            *next += 1;
+        };
+        // Three segments: the first grew, the second was a spare of zeros and is full.
+        while wal.describe().segments < 3 {
+            append(&mut next);
+        }
+        let segments: Vec<(Position, u64)> = wal.state.lock().segments.clone();
+        let (second, third) = (segments[1].0, segments[2].0);
+        assert!(segments[1].1 >= 64 * 1024, "{segments:?}");
+        let reused = inode(second);
+        // Sealed through the second segment, just after the rotation (no spare wanted
+        // yet): the first is removed, the second becomes the spare, cut to 64 KiB.
+        assert_eq!(wal.remove_through(third - 1).unwrap(), 2);
+        let spare = wal_dir.join(SPARE_NAME);
+        assert_eq!(std::fs::metadata(&spare).unwrap().ino(), reused);
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), 64 * 1024);
+        assert_eq!(wal.describe().segments, 1);
+        // The next rotation takes it: the fourth segment is the second's file.
+        while wal.describe().segments < 2 {
+            append(&mut next);
+        }
+        let fourth = wal.state.lock().segments[1].0;
+        assert_eq!(inode(fourth), reused);
+        append(&mut next);
+        let last = next - 1;
+        drop(wal);
+        // Reopened, the fourth segment's records are read up to the second's old ones,
+        // which are cut: never taken for records of the fourth.
+        let base = RecoveryBase::after(&(1..third).map(|p| (*event(p)).clone()).collect::<Vec<_>>());
+        let reopen =
+            |base: RecoveryBase| Wal::open_after(Arc::new(RealFs), &wal_dir, config.clone(), base).unwrap();
+        let (wal, report) = reopen(base.clone());
+        let recovered: Vec<Position> = wal.take_recovered().iter().map(|e| e.position).collect();
+        assert_eq!(recovered, (third..=last).collect::<Vec<_>>());
+        assert!(report.old_bytes_cut > 0 && report.bytes_cut == report.old_bytes_cut, "{report:?}");
+        assert_eq!(report.zeros_cut, 0);
+        // Appends go on, and the next opening cuts nothing.
+        wal.append(&[event(last + 1)]).unwrap();
+        drop(wal);
+        let (wal, report) = reopen(base);
+        assert_eq!(wal.take_recovered().last().map(|e| e.position), Some(last + 1));
+        assert_eq!(report.bytes_cut, 0, "{report:?}");
     }
 
     #[test]
