@@ -53,6 +53,15 @@ impl Timestamp {
         self.to_string()
     }
 
+    /// Appends the RFC 3339 text (as [`Timestamp::to_rfc3339`] makes it) to `out`,
+    /// without going through a formatter.
+    pub fn push_rfc3339(self, out: &mut Vec<u8>) {
+        match write_rfc3339(self.0, &mut [0; RFC3339_LEN]) {
+            Some(text) => out.extend_from_slice(text.as_bytes()),
+            None => out.extend_from_slice(self.to_rfc3339_chrono().as_bytes()),
+        }
+    }
+
     /// The text through chrono: for the years [`write_rfc3339`] does not write.
     fn to_rfc3339_chrono(self) -> String {
         match DateTime::<Utc>::from_timestamp_micros(self.0) {
@@ -179,6 +188,9 @@ mod tests {
         for micros in edges {
             let t = Timestamp::from_micros(micros);
             assert_eq!(t.to_string(), t.to_rfc3339_chrono(), "{micros}");
+            let mut pushed = b"x".to_vec();
+            t.push_rfc3339(&mut pushed);
+            assert_eq!(pushed, [b"x", t.to_rfc3339_chrono().as_bytes()].concat(), "{micros}");
             assert_eq!(format!("{t:?}"), t.to_rfc3339_chrono(), "{micros}");
         }
         assert_eq!(Timestamp::from_micros(-1).to_string(), "1969-12-31T23:59:59.999999Z");
@@ -193,6 +205,9 @@ mod tests {
         fn written_as_chrono_writes_it(micros in -70_000_000_000_000_000i64..260_000_000_000_000_000) {
             let t = Timestamp::from_micros(micros);
             proptest::prop_assert_eq!(t.to_string(), t.to_rfc3339_chrono());
+            let mut pushed = Vec::new();
+            t.push_rfc3339(&mut pushed);
+            proptest::prop_assert_eq!(pushed, t.to_rfc3339_chrono().into_bytes());
         }
     }
 

@@ -239,7 +239,6 @@ impl Fields<'_> {
     }
 
     fn write_json(&self, out: &mut Vec<u8>) {
-        use std::io::Write;
         out.extend_from_slice(b"{\"id\":\"");
         let mut id = Uuid::encode_buffer();
         out.extend_from_slice(self.id.hyphenated().encode_lower(&mut id).as_bytes());
@@ -251,12 +250,15 @@ impl Fields<'_> {
         out.extend_from_slice(self.payload.as_bytes());
         out.extend_from_slice(b",\"metadata\":");
         out.extend_from_slice(self.metadata.as_bytes());
-        // Writing to a Vec cannot fail.
-        let _ = write!(
-            out,
-            ",\"timestamp\":\"{}\",\"version\":{},\"position\":{}}}",
-            self.timestamp, self.version, self.position
-        );
+        // Written piece by piece: `write!` through `fmt` was 7% of the server's time
+        // under entity queries.
+        out.extend_from_slice(b",\"timestamp\":\"");
+        self.timestamp.push_rfc3339(out);
+        out.extend_from_slice(b"\",\"version\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.version).as_bytes());
+        out.extend_from_slice(b",\"position\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.position).as_bytes());
+        out.push(b'}');
     }
 }
 
