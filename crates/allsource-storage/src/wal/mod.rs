@@ -60,9 +60,10 @@ pub struct WalConfig {
 /// A sync that overwrites zeros already on disk writes the data and flushes; a sync
 /// that grows the file must also write its inode, one more round trip to the disk
 /// (140 µs against 280 µs for a 5 KB record on the project's test machine). So once
-/// the open segment is a quarter full, a spare segment is made: a file of
-/// `segment_bytes_max` zeros, written and synced, which the writer takes when it
-/// rotates. Small logs never make one. A failure to make one (a full disk) is logged,
+/// the open segment is a quarter full (half, when a full segment before it is about
+/// to be sealed and reused instead: [`Wal::reuse_as_spare`]), a spare segment is made:
+/// a file of `segment_bytes_max` zeros, written and synced, which the writer takes
+/// when it rotates. Small logs never make one. A failure to make one (a full disk) is logged,
 /// and the WAL grows its segments as before until it is reopened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Preallocate {
@@ -71,7 +72,7 @@ pub enum Preallocate {
     /// A thread of the WAL's makes the spare, off the write path.
     #[default]
     Background,
-    /// The writer makes the spare itself, when the open segment is a quarter full: the
+    /// The writer makes the spare itself, when one is due (as above): the
     /// operations happen in a fixed order, for the simulated file system's fault tests.
     Inline,
 }
@@ -431,11 +432,17 @@ impl Wal {
                 }
                 Ok(())
             });
-        let quarter_full = state.segments.last_mut().is_some_and(|(_, bytes)| {
+        // A spare is asked for once the open segment is a quarter full; or half, when a
+        // full segment before it waits for its seal, which usually comes first and
+        // makes that segment the spare ([`Wal::reuse_as_spare`]) with no zeros to write.
+        let max = self.config.segment_bytes_max;
+        let reusable = state.segments.iter().rev().nth(1).is_some_and(|&(_, bytes)| bytes >= max);
+        let threshold = if reusable { max / 2 } else { max / 4 };
+        let due = state.segments.last_mut().is_some_and(|(_, bytes)| {
             *bytes += buffer.len() as u64;
-            *bytes >= self.config.segment_bytes_max / 4
+            *bytes >= threshold
         });
-        if result.is_ok() && quarter_full && !state.spare_asked {
+        if result.is_ok() && due && !state.spare_asked {
             state.spare_asked = true;
             self.want_spare();
         }
@@ -1007,8 +1014,17 @@ mod tests {
         let (second, third) = (segments[1].0, segments[2].0);
         assert!(segments[1].1 >= 64 * 1024, "{segments:?}");
         let reused = inode(second);
-        // Sealed through the second segment, just after the rotation (no spare wanted
-        // yet): the first is removed, the second becomes the spare, cut to 64 KiB.
+        // With the full second segment waiting for its seal, no spare is asked for at a
+        // quarter of the third (it would be at half).
+        while wal.state.lock().segments[2].1 < 24 * 1024 {
+            append(&mut next);
+        }
+        {
+            let slot = wal.spare.slot.lock();
+            assert!(!slot.wanted && slot.ready.is_none(), "a spare of zeros was asked for");
+        }
+        // Sealed through the second segment: the first is removed, the second becomes
+        // the spare, cut to 64 KiB.
         assert_eq!(wal.remove_through(third - 1).unwrap(), 2);
         let spare = wal_dir.join(SPARE_NAME);
         assert_eq!(std::fs::metadata(&spare).unwrap().ino(), reused);
