@@ -374,6 +374,12 @@ fn crc32c(bytes: &[u8]) -> u32 {
     !crc
 }
 
+/// A record checksum of a segment (format 2) whose first position is `first`: the
+/// CRC32C of that position's 8 bytes, then `bytes` (docs/storage-format.md, "Records").
+fn record_crc(first: u64, bytes: &[u8]) -> u32 {
+    crc32c(&[&first.to_le_bytes()[..], bytes].concat())
+}
+
 fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
 }
@@ -386,7 +392,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 fn segment_header(first_position: u64) -> Vec<u8> {
     let mut header = vec![0u8; SEGMENT_HEADER_BYTES];
     header[0..8].copy_from_slice(b"ALLSWAL\0");
-    header[8..12].copy_from_slice(&1u32.to_le_bytes());
+    header[8..12].copy_from_slice(&2u32.to_le_bytes());
     header[16..24].copy_from_slice(&first_position.to_le_bytes());
     let crc = crc32c(&header[0..24]);
     header[24..28].copy_from_slice(&crc.to_le_bytes());
@@ -424,18 +430,20 @@ fn wal_records(bytes: &[u8]) -> (Vec<WalRecord>, usize) {
         bytes[..SEGMENT_HEADER_BYTES],
         "the header is not as documented"
     );
+    let segment_first = u64_at(bytes, 16);
     let mut records = Vec::new();
     let mut at = SEGMENT_HEADER_BYTES;
     while at + RECORD_HEADER_BYTES <= bytes.len() {
         let header = &bytes[at..at + RECORD_HEADER_BYTES];
-        if u32_at(header, 0) != RECORD_MAGIC || crc32c(&header[..12]) != u32_at(header, 12) {
+        if u32_at(header, 0) != RECORD_MAGIC || record_crc(segment_first, &header[..12]) != u32_at(header, 12)
+        {
             break;
         }
         let body_len = u32_at(header, 4) as usize;
         let Some(body) = bytes.get(at + RECORD_HEADER_BYTES..at + RECORD_HEADER_BYTES + body_len) else {
             break;
         };
-        if crc32c(body) != u32_at(header, 8) {
+        if record_crc(segment_first, body) != u32_at(header, 8) {
             break;
         }
         let (count, first) = (u64::from(u32_at(body, 4)), u64_at(body, 8));
@@ -455,10 +463,11 @@ fn flip_bit(rng: &mut Rng, at: usize, bytes: &[u8]) -> Vec<u8> {
 /// Recomputes a record's body and header CRCs after its body was edited: a record
 /// whose checksums pass but whose content is wrong.
 fn reseal_record(bytes: &mut [u8], record: WalRecord) {
+    let segment_first = u64_at(bytes, 16);
     let body = record.offset + RECORD_HEADER_BYTES..record.offset + record.len;
-    let body_crc = crc32c(&bytes[body]);
+    let body_crc = record_crc(segment_first, &bytes[body]);
     bytes[record.offset + 8..record.offset + 12].copy_from_slice(&body_crc.to_le_bytes());
-    let header_crc = crc32c(&bytes[record.offset..record.offset + 12]);
+    let header_crc = record_crc(segment_first, &bytes[record.offset..record.offset + 12]);
     bytes[record.offset + 12..record.offset + 16].copy_from_slice(&header_crc.to_le_bytes());
 }
 

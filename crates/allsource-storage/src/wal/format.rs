@@ -220,13 +220,15 @@ pub(crate) fn valid_record_follows(bytes: &[u8], crc: RecordCrc) -> Option<usize
     })
 }
 
-/// Whether `bytes` start with a record header that passes its checksum as `crc` makes
-/// it: a record this segment began to write. After the last valid record, anything else
-/// is bytes that no record of this segment wrote (in a reused segment, its old records).
-pub(crate) fn header_passes(bytes: &[u8], crc: RecordCrc) -> bool {
-    bytes.get(..RECORD_HEADER_BYTES).is_some_and(|header| {
-        u32_at(header, 0) == RECORD_MAGIC && crc.of(&header[0..12]) == u32_at(header, 12)
-    })
+/// Whether a record header that fails its checksum as `crc` makes it starts anywhere in
+/// `bytes` (the magic number, then a header checksum for another segment): what a
+/// reused segment holds after its last new record, its earlier life's records. A torn
+/// write of the segment's own leaves no such header, unless a payload carries one.
+pub(crate) fn old_record_header_in(bytes: &[u8], crc: RecordCrc) -> bool {
+    let magic = RECORD_MAGIC.to_le_bytes();
+    bytes
+        .windows(RECORD_HEADER_BYTES)
+        .any(|header| header[..4] == magic && crc.of(&header[0..12]) != u32_at(header, 12))
 }
 
 fn decode_body(body: &[u8], expected_first: Position) -> Result<Vec<Event>, String> {
@@ -385,7 +387,12 @@ mod tests {
         for other in [RecordCrc::seeded(2), RecordCrc::seeded(7), RecordCrc::PLAIN] {
             assert!(matches!(read_record(&bytes, 7, other), RecordRead::Invalid(_)), "{other:?}");
             assert_eq!(valid_record_follows(&bytes, other), None);
+            // Told apart from a torn write: after some garbage, an old record's header.
+            let tail = [&[0xAB; 5][..], &bytes].concat();
+            assert!(old_record_header_in(&tail, other), "{other:?}");
         }
+        assert!(!old_record_header_in(&bytes, RecordCrc::seeded(1)), "a record of the segment's own");
+        assert!(!old_record_header_in(&[0xAB; 100], RecordCrc::seeded(1)), "garbage");
         // Seeded: the CRC32C of the first position's 8 bytes, then the body.
         let seeded = [&1u64.to_le_bytes()[..], &bytes[RECORD_HEADER_BYTES..]].concat();
         assert_eq!(u32_at(&bytes, 8), crc32c::crc32c(&seeded));

@@ -254,10 +254,9 @@ pub struct RecoveryReport {
     /// segment written ahead of time, never written by a record. A torn write in such
     /// a segment leaves a few bytes, then up to the segment's end in zeros.
     pub zeros_cut: u64,
-    /// Of `bytes_cut`, a cut that did not begin at a record header of the segment's
-    /// own: bytes no record of this segment wrote. In a reused segment, these are its
-    /// old records after the last new one, cut at every restart; otherwise (rarely) a
-    /// record whose header a power loss kept from the disk.
+    /// Of `bytes_cut`, a cut of bytes that hold a record header checksummed for another
+    /// segment: a reused segment's old records after its last new one, cut at every
+    /// restart (with any torn write before them).
     pub old_bytes_cut: u64,
     /// Sealed chunks (Parquet files) loaded, and the events in them (counted in
     /// `events` too).
@@ -911,7 +910,7 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
                     let cut = bytes.len() - offset;
                     let written = bytes[offset..].iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
                     let zeros = cut - written;
-                    if format::header_passes(&bytes[offset..], crc) {
+                    if !format::old_record_header_in(&bytes[offset..], crc) {
                         tracing::warn!(
                             segment = %path.display(),
                             offset,
@@ -926,8 +925,8 @@ fn recover(fs: &dyn Fs, dir: &Path, mut base: RecoveryBase) -> Result<Recovered,
                             offset,
                             bytes_cut = cut,
                             zeros_cut = zeros,
-                            "cutting the bytes after the WAL's last record: no record of this segment \
-                             wrote them (a reused segment's old records)"
+                            "cutting a reused WAL segment's old records after its last record (and any \
+                             torn write before them: never acknowledged)"
                         );
                         report.old_bytes_cut += cut as u64;
                     }
