@@ -248,21 +248,6 @@ fn a_checkpoint_reads_back_as_written_and_a_failed_one_keeps_the_last() {
     assert_eq!(read.projections["b"].get(), "7");
 }
 
-/// Event `position` of a log where each event is its own entity's first.
-fn lone_event(position: u64) -> Arc<Event> {
-    use allsource_core_types::{EntityId, EventType, Timestamp};
-    Arc::new(Event {
-        id: uuid::Uuid::from_u128(0xAB00_0000 + u128::from(position)),
-        event_type: EventType::try_from("reuse.test").unwrap(),
-        entity_id: EntityId::try_from(format!("entity-{position}")).unwrap(),
-        payload: serde_json::json!({"n": position, "pad": "p".repeat(100)}).into(),
-        metadata: serde_json::json!({}).into(),
-        timestamp: Timestamp::from_micros(1_800_000_000_000_000 + position as i64),
-        version: 1,
-        position,
-    })
-}
-
 #[test]
 fn every_crash_point_while_sealed_segments_are_reused_loses_nothing_acknowledged() {
     // Segments of 2400 bytes (six records of two events), sealed every 6 events: a
@@ -270,7 +255,7 @@ fn every_crash_point_while_sealed_segments_are_reused_loses_nothing_acknowledged
     // frees the next spare; the writer rotates into it over its old records.
     let config = WalConfig { segment_bytes_max: 2400, ..config() };
     let open = |fs: &SimFs| DurableLog::open(Arc::new(fs.clone()), Path::new("/data"), config.clone());
-    let all: Vec<Arc<Event>> = (1..=48).map(lone_event).collect();
+    let all: Vec<Arc<Event>> = (1..=48).map(|p| common::lone_event(p, 100)).collect();
     let spare = Path::new("/data/wal/next-segment.spare");
     // Appends pairs, sealing every 6 events, until the first failure; returns how many
     // events were acknowledged, and how often a seal left a reused segment as the spare.

@@ -7,13 +7,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allsource_core_types::{EntityId, Event, EventType, Position, Timestamp};
+use allsource_core_types::{Event, Position};
 use allsource_storage::{DurableLog, Log, Preallocate, SyncMode, WalConfig};
 
 const CHUNK_EVENTS: u64 = 64;
@@ -30,22 +32,9 @@ fn config() -> WalConfig {
     }
 }
 
-/// Event `position`: its entity's first, so that any prefix of the log is valid.
-fn event(position: Position) -> Arc<Event> {
-    Arc::new(Event {
-        id: uuid::Uuid::from_u128(0x5EED_0000_0000 + u128::from(position)),
-        event_type: EventType::try_from("reuse.kill").unwrap(),
-        entity_id: EntityId::try_from(format!("entity-{position}")).unwrap(),
-        payload: serde_json::json!({"n": position, "pad": "r".repeat(300)}).into(),
-        metadata: serde_json::json!({}).into(),
-        timestamp: Timestamp::from_micros(1_800_000_000_000_000 + position as i64),
-        version: 1,
-        position,
-    })
-}
-
+/// Events at `range`, each its entity's first.
 fn events(range: std::ops::RangeInclusive<Position>) -> Vec<Arc<Event>> {
-    range.map(event).collect()
+    range.map(|position| common::lone_event(position, 300)).collect()
 }
 
 /// The writer: recovers, then appends pairs of events, printing `acked N` after each
