@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask ci                 lint, then cargo test --workspace (what .ci/run runs)
-//! cargo xtask lint               cargo fmt --check and cargo clippy -D warnings
+//! cargo xtask lint               cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings
 //! cargo xtask bench [-- ARGS..]  the criterion suites, then the durable bench, then the tables
 //! cargo xtask bench durable [..] only the durable bench (e.g. `--quick`, a filter), then the tables
 //! cargo xtask bench --report     only the tables, from the results already in target/
@@ -32,7 +32,8 @@ usage: cargo xtask <command>
 
 commands:
   ci                  cargo xtask lint, then cargo test --workspace
-  lint                cargo fmt --all -- --check; cargo clippy --workspace --all-targets -- -D warnings
+  lint                cargo fmt --all -- --check; cargo clippy --workspace --all-targets -- -D warnings;
+                      cargo doc --workspace --no-deps (rustdoc -D warnings)
   bench [-- ARGS..]   the criterion suites of allsource-benches, then its durable bench (each given
                       ARGS, e.g. `-- queries` to run only the queries), then print results against
                       the targets; ARGS before `--` (e.g. `--bench queries`) go to one
@@ -98,7 +99,9 @@ fn no_arguments(rest: &[String]) -> Result<()> {
 
 fn lint() -> Result<()> {
     run_cargo(["fmt", "--all", "--", "--check"])?;
-    run_cargo(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+    run_cargo(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    // The API docs: a broken or private intra-doc link fails, as it would show on docs.rs.
+    run_cargo(["doc", "--workspace", "--no-deps", "--config", r#"build.rustdocflags=["-D", "warnings"]"#])
 }
 
 fn release() -> Result<()> {

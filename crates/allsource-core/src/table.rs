@@ -180,7 +180,7 @@ pub(crate) fn touch_cells(views: &[EventView]) {
 /// Appends `views` to `out` as a JSON array, each event as [`EventView::write_json`]
 /// writes it. Every event's texts are read before any is copied, one byte a cache line:
 /// the reads of rows spread over the log then wait on memory together, not one after
-/// another. (A query page has read its rows' cells already: [`touch_cells`].)
+/// another. (A query page has read its rows' cells already: `touch_cells`.)
 pub fn write_json_array(views: &[EventView], out: &mut Vec<u8>) {
     let fields: Vec<Fields<'_>> = views.iter().map(EventView::fields).collect();
     // A byte of each cache line of the texts, the last one included.

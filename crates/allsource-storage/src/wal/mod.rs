@@ -61,7 +61,7 @@ pub struct WalConfig {
 /// that grows the file must also write its inode, one more round trip to the disk
 /// (140 µs against 280 µs for a 5 KB record on the project's test machine). So once
 /// the open segment is a quarter full (half, when a full segment before it is about
-/// to be sealed and reused instead: [`Wal::reuse_as_spare`]), a spare segment is made:
+/// to be sealed and reused instead, by [`Wal::remove_through`]), a spare segment is made:
 /// a file of `segment_bytes_max` zeros, written and synced, which the writer takes
 /// when it rotates. Small logs never make one. A failure to make one (a full disk) is logged,
 /// and the WAL grows its segments as before until it is reopened.
@@ -520,7 +520,7 @@ impl Wal {
     /// Removes the segments whose events all lie at or before `position` (sealed into
     /// the archive); never the open segment. Returns how many were removed. A segment
     /// left on disk by a failure here is harmless: recovery skips what is sealed. One
-    /// may become the next spare instead of being removed ([`Wal::reuse_as_spare`]).
+    /// may become the next spare instead of being removed (`Wal::reuse_as_spare`).
     pub fn remove_through(&self, position: Position) -> Result<usize, Error> {
         let doomed: Vec<(Position, u64)> = {
             let mut state = self.state.lock();
