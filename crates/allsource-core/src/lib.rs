@@ -42,7 +42,7 @@ pub use allsource_storage::{
 };
 pub use commit::Ticket;
 pub use store::{Appended, BatchAppended, EntityState, EventStore, ExportFormat, QueryPage, Stats, ViewPage};
-pub use table::{write_event_json, write_json_array, write_json_string, EventView};
+pub use table::{write_event_json, write_json_array, write_json_string, write_u64, EventView};
 
 /// Projections: the trait to implement for a custom one, and the built-in ones.
 pub mod projection {

@@ -255,9 +255,9 @@ impl Fields<'_> {
         out.extend_from_slice(b",\"timestamp\":\"");
         self.timestamp.push_rfc3339(out);
         out.extend_from_slice(b"\",\"version\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.version).as_bytes());
+        write_u64(out, self.version);
         out.extend_from_slice(b",\"position\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.position).as_bytes());
+        write_u64(out, self.position);
         out.push(b'}');
     }
 }
@@ -268,6 +268,11 @@ impl std::fmt::Debug for EventView {
         self.write_json(&mut json);
         f.write_str(&String::from_utf8_lossy(&json))
     }
+}
+
+/// Appends `n` in decimal, as `serde_json` writes it (without a formatter).
+pub fn write_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends `text` as a JSON string, escaped as `serde_json` escapes it.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use allsource_core::projection::EntitySnapshots;
 use allsource_core::{
-    write_event_json, write_json_array, write_json_string, EntityId, Error, Event, EventStore, LogInfo,
-    Position, Stats, Timestamp, Uuid, Version, ViewPage,
+    write_event_json, write_json_array, write_json_string, write_u64, EntityId, Error, Event, EventStore,
+    LogInfo, Position, Stats, Timestamp, Uuid, Version, ViewPage,
 };
 use axum::extract::State;
 use axum::http::header::{CONTENT_TYPE, VARY};
@@ -159,9 +159,9 @@ fn render_batch_response(events: &[Arc<Event>]) -> Vec<u8> {
         write_json_string(&mut body, event.entity_id.as_str());
         // Not through `write!`, whose formatter costs more than the rest of the event.
         body.extend_from_slice(b",\"version\":");
-        body.extend_from_slice(itoa::Buffer::new().format(event.version).as_bytes());
+        write_u64(&mut body, event.version);
         body.extend_from_slice(b",\"position\":");
-        body.extend_from_slice(itoa::Buffer::new().format(event.position).as_bytes());
+        write_u64(&mut body, event.position);
         body.extend_from_slice(b",\"timestamp\":\"");
         event.timestamp.push_rfc3339(&mut body);
         body.extend_from_slice(b"\"}");

@@ -209,14 +209,12 @@ fn check_record_header(bytes: &[u8], crc: RecordCrc) -> Result<usize, String> {
 /// Whether a record whose header and body both pass their checksums (as `crc` makes
 /// them) starts anywhere in `bytes`: proof that the bytes before it had been synced.
 pub(crate) fn valid_record_follows(bytes: &[u8], crc: RecordCrc) -> Option<usize> {
-    let magic = RECORD_MAGIC.to_le_bytes();
-    (0..bytes.len().saturating_sub(RECORD_HEADER_BYTES - 1)).find(|&offset| {
+    header_candidates(bytes).find(|&offset| {
         let candidate = &bytes[offset..];
-        candidate[..4] == magic
-            && check_record_header(candidate, crc).is_ok_and(|body_len| {
-                let body = &candidate[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + body_len];
-                crc.of(body) == u32_at(candidate, 8)
-            })
+        check_record_header(candidate, crc).is_ok_and(|body_len| {
+            let body = &candidate[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + body_len];
+            crc.of(body) == u32_at(candidate, 8)
+        })
     })
 }
 
@@ -225,10 +223,18 @@ pub(crate) fn valid_record_follows(bytes: &[u8], crc: RecordCrc) -> Option<usize
 /// reused segment holds after its last new record, its earlier life's records. A torn
 /// write of the segment's own leaves no such header, unless a payload carries one.
 pub(crate) fn old_record_header_in(bytes: &[u8], crc: RecordCrc) -> bool {
+    header_candidates(bytes).any(|offset| crc.of(&bytes[offset..offset + 12]) != u32_at(bytes, offset + 12))
+}
+
+/// The offsets in `bytes` where a record header may start: its magic number, with room
+/// for the rest of the header after it.
+fn header_candidates(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
     let magic = RECORD_MAGIC.to_le_bytes();
     bytes
         .windows(RECORD_HEADER_BYTES)
-        .any(|header| header[..4] == magic && crc.of(&header[0..12]) != u32_at(header, 12))
+        .enumerate()
+        .filter(move |(_, header)| header[..4] == magic)
+        .map(|(at, _)| at)
 }
 
 fn decode_body(body: &[u8], expected_first: Position) -> Result<Vec<Event>, String> {
