@@ -28,7 +28,7 @@ mod time;
 pub use error::{Error, Result};
 pub use event::{Event, IntoProposal, NewEvent, ProposedEvent, RawNewEvent};
 pub use ids::{EntityId, EventType};
-pub use json::Json;
+pub use json::{next_quote_or_backslash, Json};
 pub use query::{Query, QueryEventsRequest};
 pub use time::Timestamp;
 

@@ -17,6 +17,7 @@
 
 use std::borrow::Cow;
 
+use allsource_core_types::next_quote_or_backslash;
 use serde::de::Error as _;
 use smallvec::SmallVec;
 
@@ -157,6 +158,20 @@ impl<'a> Key<'a> {
             .fold(0u64, |head, (i, &byte)| head | u64::from(byte) << (56 - 8 * i));
         Key { head, text }
     }
+
+    /// The key written without escapes at `bytes[start..end]`: its first eight bytes
+    /// read as one word where the text goes on that far (past a key come at least its
+    /// quote, the colon, a value and the object's end, so it nearly always does).
+    fn unescaped(text: &'a str, start: usize, end: usize) -> Option<Key<'a>> {
+        let key = text.get(start..end)?;
+        let Some(word) = text.as_bytes().get(start..start + 8).and_then(|w| <[u8; 8]>::try_from(w).ok())
+        else {
+            return Some(Key::new(Cow::Borrowed(key)));
+        };
+        let len = end - start;
+        let mask = if len >= 8 { u64::MAX } else { !(u64::MAX >> (8 * len)) };
+        Some(Key { head: u64::from_be_bytes(word) & mask, text: Cow::Borrowed(key) })
+    }
 }
 
 impl Ord for Key<'_> {
@@ -203,11 +218,11 @@ fn members<'a>(text: &'a str, found: &mut Members<'a>) -> serde_json::Result<()>
         }
         let (key_end, escaped) = string_end(bytes, at)?;
         let raw_key = text.get(at..key_end).ok_or_else(malformed)?;
-        let key = Key::new(if escaped {
-            Cow::Owned(serde_json::from_str::<String>(raw_key)?)
+        let key = if escaped {
+            Key::new(Cow::Owned(serde_json::from_str::<String>(raw_key)?))
         } else {
-            Cow::Borrowed(raw_key.get(1..raw_key.len() - 1).ok_or_else(malformed)?)
-        });
+            Key::unescaped(text, at + 1, key_end - 1).ok_or_else(malformed)?
+        };
         if bytes.get(key_end) != Some(&b':') {
             return Err(malformed());
         }
@@ -225,38 +240,19 @@ fn members<'a>(text: &'a str, found: &mut Members<'a>) -> serde_json::Result<()>
 /// The end (exclusive) of the string that starts with the quote at `start`, and
 /// whether it has escapes.
 fn string_end(bytes: &[u8], start: usize) -> serde_json::Result<(usize, bool)> {
-    let mut at = start + 1;
+    let mut at = next_quote_or_backslash(bytes, start + 1);
     let mut escaped = false;
     loop {
-        // Eight bytes at a time up to the next quote or backslash: most of a compact
-        // text is inside strings.
-        while let Some(word) = bytes.get(at..at + 8).and_then(|chunk| <[u8; 8]>::try_from(chunk).ok()) {
-            let word = u64::from_le_bytes(word);
-            let found = bytes_equal_to(word, b'"') | bytes_equal_to(word, b'\\');
-            if found != 0 {
-                at += (found.trailing_zeros() / 8) as usize;
-                break;
-            }
-            at += 8;
-        }
         match bytes.get(at) {
             Some(b'"') => return Ok((at + 1, escaped)),
-            Some(b'\\') => {
+            Some(_) => {
+                // A backslash.
                 escaped = true;
-                at += 2;
+                at = next_quote_or_backslash(bytes, at + 2);
             }
-            Some(_) => at += 1,
             None => return Err(malformed()),
         }
     }
-}
-
-/// A word with the high bit set in the lowest byte of `word` equal to `byte` (bytes
-/// above it may be marked too, which the caller never looks at); 0 when none is.
-fn bytes_equal_to(word: u64, byte: u8) -> u64 {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let x = word ^ (ONES * u64::from(byte));
-    x.wrapping_sub(ONES) & !x & (ONES << 7)
 }
 
 /// The end (exclusive) of the compact JSON value that starts at `start`.
@@ -312,6 +308,16 @@ mod tests {
             prop_assert_eq!(x == y, a == b);
             let (x0, a0) = (Key::new(Cow::Owned(format!("{a}\0"))), format!("{a}\0"));
             prop_assert_eq!(x0.cmp(&x), a0.as_str().cmp(a.as_str()));
+        }
+
+        /// A key read in place from a text, whatever follows it (or nothing), is the
+        /// same key as its text on its own.
+        #[test]
+        fn keys_read_in_place_are_the_same(a in "[ab\x00é]{0,12}", tail in "[\":,}1ab]{0,10}") {
+            let text = format!("\"{a}{tail}");
+            let key = Key::unescaped(&text, 1, 1 + a.len()).expect("a key at char boundaries");
+            prop_assert_eq!(key.head, Key::new(Cow::Borrowed(a.as_str())).head);
+            prop_assert_eq!(key.text.as_ref(), a.as_str());
         }
     }
 }
