@@ -47,6 +47,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openapi;
 pub mod options;
+pub mod parse_errors;
 mod routes;
 mod stream;
 pub mod tls;

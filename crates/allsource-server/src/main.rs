@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use allsource_core::WalConfig;
 use allsource_server::config::LogFormat;
+use allsource_server::parse_errors::ParseErrorListener;
 use allsource_server::tls::TlsListener;
 use allsource_server::write_timeout::WriteTimeoutListener;
 use allsource_server::{app_with, Config, EventStore, Metrics, Sync};
@@ -119,16 +120,17 @@ async fn run() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     };
     let app = app_with(store.clone(), options);
-    // A client that stops reading loses its connection, and what its response holds.
+    // A client that stops reading loses its connection, and what its response holds;
+    // a request hyper cannot read gets its answer with the contract's JSON body.
     let write_timeout = config.write_timeout();
     let mut server = match tls_config {
         None => {
-            let listener = WriteTimeoutListener::new(listener, write_timeout);
+            let listener = ParseErrorListener::new(WriteTimeoutListener::new(listener, write_timeout));
             tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
         }
         Some(tls_config) => {
             let listener = TlsListener::new(listener, tls_config).context("could not set up TLS")?;
-            let listener = WriteTimeoutListener::new(listener, write_timeout);
+            let listener = ParseErrorListener::new(WriteTimeoutListener::new(listener, write_timeout));
             tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
         }
     };
