@@ -119,18 +119,21 @@ async fn run() -> anyhow::Result<()> {
     let stopped = async {
         let _ = stop_rx.await;
     };
+    let metrics = options.metrics.clone();
     let app = app_with(store.clone(), options);
     // A client that stops reading loses its connection, and what its response holds;
     // a request hyper cannot read gets its answer with the contract's JSON body.
     let write_timeout = config.write_timeout();
     let mut server = match tls_config {
         None => {
-            let listener = ParseErrorListener::new(WriteTimeoutListener::new(listener, write_timeout));
+            let listener = WriteTimeoutListener::new(listener, write_timeout);
+            let listener = ParseErrorListener::new(listener, metrics);
             tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
         }
         Some(tls_config) => {
             let listener = TlsListener::new(listener, tls_config).context("could not set up TLS")?;
-            let listener = ParseErrorListener::new(WriteTimeoutListener::new(listener, write_timeout));
+            let listener = WriteTimeoutListener::new(listener, write_timeout);
+            let listener = ParseErrorListener::new(listener, metrics);
             tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(stopped).into_future())
         }
     };

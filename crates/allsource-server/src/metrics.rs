@@ -185,6 +185,13 @@ impl Metrics {
         Ok(text)
     }
 
+    /// Records an answer to a request that never reached the router: hyper's own to a
+    /// request it could not read (see [`parse_errors`](crate::parse_errors)).
+    pub(crate) fn record_unread(&self, status: StatusCode) {
+        let class = status_class(status);
+        self.inner.responses.get_or_create(&StatusClassLabels { class }).inc();
+    }
+
     /// Records one response: its status class, and for an append or a query its
     /// latency, and for an append its outcome.
     pub(crate) fn record(

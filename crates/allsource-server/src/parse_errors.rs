@@ -17,31 +17,38 @@
 //!
 //! Everything else passes through untouched; a connection pays one comparison of a
 //! byte per write (a status's first digit), and a few more for its 4xx answers. These
-//! answers never pass the request guard, so `/metrics` does not count them.
+//! answers never pass the request guard; `/metrics` counts them here, by status class.
 
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use axum::http::StatusCode;
 use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::metrics::Metrics;
+
 /// The start of each answer hyper writes for a request it cannot parse (hyper 1.x's
 /// `on_error`: the status line, then `connection: close` and `content-length: 0`; the
-/// `date` header and the blank line follow), with the code and message it gets.
-const CANNED: [(&[u8], &str, &str); 3] = [
+/// `date` header and the blank line follow), with its status and the code and message
+/// it gets.
+const CANNED: [(&[u8], StatusCode, &str, &str); 3] = [
     (
         b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n",
+        StatusCode::BAD_REQUEST,
         "BadRequest",
         "the request could not be read as HTTP/1.1: a malformed request line or header",
     ),
     (
         b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-length: 0\r\n",
+        StatusCode::URI_TOO_LONG,
         "UriTooLong",
         "the request's target (path and query string) is too long",
     ),
     (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\n",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         "HeadersTooLarge",
         "the request's head is too large: at most 100 headers and about 400 KiB",
     ),
@@ -54,12 +61,14 @@ const EMPTY_LENGTH_LINE: usize = "content-length: 0\r\n".len();
 #[derive(Debug)]
 pub struct ParseErrorListener<L> {
     inner: L,
+    metrics: Metrics,
 }
 
 impl<L: Listener> ParseErrorListener<L> {
-    /// Wraps the connections `inner` accepts.
-    pub fn new(inner: L) -> ParseErrorListener<L> {
-        ParseErrorListener { inner }
+    /// Wraps the connections `inner` accepts; their rewritten answers count in
+    /// `metrics`.
+    pub fn new(inner: L, metrics: Metrics) -> ParseErrorListener<L> {
+        ParseErrorListener { inner, metrics }
     }
 }
 
@@ -72,7 +81,7 @@ where
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = self.inner.accept().await;
-        (ParseErrorIo::new(io), addr)
+        (ParseErrorIo::new(io, self.metrics.clone()), addr)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
@@ -84,6 +93,7 @@ where
 #[derive(Debug)]
 pub struct ParseErrorIo<T> {
     inner: T,
+    metrics: Metrics,
     /// An answer being written in place of the one hyper gave, and how much of it is
     /// written.
     replacement: Vec<u8>,
@@ -94,17 +104,17 @@ pub struct ParseErrorIo<T> {
 }
 
 impl<T> ParseErrorIo<T> {
-    /// Wraps `inner`.
-    pub fn new(inner: T) -> ParseErrorIo<T> {
-        ParseErrorIo { inner, replacement: Vec::new(), written: 0, replaced: 0 }
+    /// Wraps `inner`; a rewritten answer counts in `metrics`.
+    pub fn new(inner: T, metrics: Metrics) -> ParseErrorIo<T> {
+        ParseErrorIo { inner, metrics, replacement: Vec::new(), written: 0, replaced: 0 }
     }
 }
 
 /// The answer to write instead of `buf`, if `buf` starts with one of hyper's error
 /// answers: the same head with a JSON content type and length, then the body, then
 /// whatever `buf` held after the head.
-fn replacement_for(buf: &[u8]) -> Option<Vec<u8>> {
-    let (prefix, code, message) = CANNED.iter().find(|(prefix, ..)| buf.starts_with(prefix))?;
+fn replacement_for(buf: &[u8]) -> Option<(StatusCode, Vec<u8>)> {
+    let (prefix, status, code, message) = CANNED.iter().find(|(prefix, ..)| buf.starts_with(prefix))?;
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     let mut out = Vec::with_capacity(buf.len() + body.len() + 64);
@@ -116,7 +126,7 @@ fn replacement_for(buf: &[u8]) -> Option<Vec<u8>> {
     out.extend_from_slice(&buf[prefix.len()..head_end]);
     out.extend_from_slice(body.as_bytes());
     out.extend_from_slice(&buf[head_end..]);
-    Some(out)
+    Some((*status, out))
 }
 
 impl<T: AsyncWrite + Unpin> ParseErrorIo<T> {
@@ -147,9 +157,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ParseErrorIo<T> {
                 Some(b'4') => replacement_for(buf),
                 _ => None,
             };
-            let Some(replacement) = replacement else {
+            let Some((status, replacement)) = replacement else {
                 return Pin::new(&mut this.inner).poll_write(cx, buf);
             };
+            this.metrics.record_unread(status);
             this.replacement = replacement;
             this.replaced = buf.len();
         }
@@ -250,7 +261,8 @@ mod tests {
     /// What the socket takes when `writes` go through a [`ParseErrorIo`], each written
     /// whole as hyper does (asking again with what is left), then flushed.
     async fn through(writes: &[Vec<u8>], max: usize, vectored: bool) -> Vec<u8> {
-        let mut io = ParseErrorIo::new(Trickle { taken: Vec::new(), max, pending_next: false });
+        let trickle = Trickle { taken: Vec::new(), max, pending_next: false };
+        let mut io = ParseErrorIo::new(trickle, Metrics::default());
         for bytes in writes {
             let mut at = 0;
             while at < bytes.len() {
