@@ -156,7 +156,6 @@ impl Json {
     }
 }
 
-/// What one pass over a JSON text (valid syntax) finds.
 /// The offset of the first `"` or `\\` in `bytes` at or after `from`, or `bytes.len()`
 /// if there is none (or `from` is past the end): where a JSON string that goes on at
 /// `from` ends or has an escape. Eight bytes at a time, since most of a JSON text is
@@ -183,6 +182,7 @@ fn bytes_equal_to(word: u64, byte: u8) -> u64 {
     x.wrapping_sub(ONES) & !x & (ONES << 7)
 }
 
+/// What one pass over a JSON text (valid syntax) finds.
 struct Scan {
     /// The byte offset of the first whitespace outside a string.
     first_whitespace: Option<usize>,

@@ -44,9 +44,9 @@ const EVENT_BYTES: usize = 320;
 
 /// Appends [`payload`]`(seq)` to `out`. The bodies are written into one buffer per
 /// request, and without the formatting machinery: the load client shares the cores
-/// with the server, and building batch bodies was half of its CPU at 300K events/s
-/// (a `String` per payload, entity and event cost it 0.17 of a core at 280K events/s;
-/// `write!` into one buffer still 0.09).
+/// with the server (a `String` per payload, entity and event cost it 0.17 of a core at
+/// 280K events/s; with `write!` into one buffer the formatter was still a third of its
+/// samples under batches).
 fn write_payload(out: &mut String, seq: u64) {
     out.push_str(r#"{"name":"Customer "#);
     push_number(out, seq, 10);
