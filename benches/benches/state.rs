@@ -12,7 +12,9 @@
 //! next state each time, so that states are as cold in cache as under load: text into
 //! text (`text`, what the projection does: each state is compact JSON text in a block
 //! of its own, replaced by the merged text), or parsing the payload into a `Value` and
-//! merging that into a state kept as a `Value` (`value`, what it did before).
+//! merging that into a state kept as a `Value` (`value`, what it did before); and the
+//! projection's whole step for one event, its map lookup and the state's block included
+//! (`process`).
 
 #![allow(clippy::expect_used, reason = "a bench whose engine call fails must stop loudly")]
 
@@ -21,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allsource_benches::{entity_id, filled_store, new_event, order_payload, sealed_store, StoreShape};
-use allsource_core::projection::{apply_merge_patch, merge_patch_compact};
-use allsource_core::EventStore;
+use allsource_core::projection::{apply_merge_patch, merge_patch_compact, EntitySnapshots, Projection};
+use allsource_core::{EntityId, Event, EventStore, EventType, Timestamp, Uuid};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 const SHAPE: StoreShape = StoreShape { n_events: 100_000, n_entities: 1_000, n_event_types: 10 };
@@ -98,6 +100,34 @@ fn merge(c: &mut Criterion) {
         })
     });
     check(&states[(next - STEP) % STATES]);
+
+    // The whole step, map and block included: `EntitySnapshots::process` of the next
+    // entity's next event. Each entity's events repeat its first payload, so its state
+    // keeps its text and its block.
+    let snapshots = EntitySnapshots::default();
+    let event_type = EventType::try_from("order.updated").expect("a valid type");
+    let mut events: Vec<Event> = (0..STATES as u64)
+        .map(|i| Event {
+            id: Uuid::from_u128(u128::from(i) + 1),
+            event_type: event_type.clone(),
+            entity_id: EntityId::try_from(entity_id(i)).expect("a valid id"),
+            payload: order_payload(i).into(),
+            metadata: serde_json::json!({}).into(),
+            timestamp: Timestamp::from_micros(0),
+            version: 0,
+            position: i + 1,
+        })
+        .collect();
+    let mut next = 0usize;
+    group.bench_function("process/100K_entities", |b| {
+        b.iter(|| {
+            let event = &mut events[next % STATES];
+            event.version += 1;
+            snapshots.process(event).expect("the payload is JSON");
+            next += STEP;
+        })
+    });
+    assert_eq!(snapshots.len(), STATES, "every entity has a snapshot");
     group.finish();
 }
 
