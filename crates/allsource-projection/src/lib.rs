@@ -209,10 +209,10 @@ const STATE_BLOCK_STEP: usize = 16;
 
 impl StateText {
     fn new(text: &str) -> StateText {
-        let mut block = Vec::with_capacity(text.len().next_multiple_of(STATE_BLOCK_STEP));
-        block.extend_from_slice(text.as_bytes());
-        block.resize(block.capacity(), b' ');
-        StateText(Arc::from(block))
+        let padding = text.len().next_multiple_of(STATE_BLOCK_STEP) - text.len();
+        // Collected straight into the shared block (the iterator knows its length): one
+        // allocation, where a `Vec` first would be a second one and a copy.
+        StateText(text.bytes().chain(std::iter::repeat_n(b' ', padding)).collect())
     }
 
     fn as_str(&self) -> &str {
